@@ -1,0 +1,137 @@
+"""The agent archive's command line on the box: daemon, waiter, stop, status, manifest, doctor, verify-ckpt."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import List, Optional
+
+from rgt.shared.atomic import atomic_write_json
+from rgt.shared.errors import RgtError
+from rgt.shared.paths import RunPaths
+
+
+def _paths(run_dir: str) -> RunPaths:
+    if not os.path.isfile(os.path.join(run_dir, "spec.json")):
+        raise RgtError(f"{run_dir} is not a run directory (no spec.json)")
+    return RunPaths(os.path.abspath(run_dir))
+
+
+def cmd_daemon(a: argparse.Namespace) -> int:
+    from . import daemon
+
+    paths = _paths(a.run_dir)
+    if a.resume:
+        _reopen(paths)
+    return daemon.main(paths)
+
+
+def _reopen(paths: RunPaths) -> None:
+    """`--resume`: a FAILED or STOPPED run may continue (its marker is kept aside); DONE never reruns."""
+    marker = paths.existing_marker()
+    if marker in ("FAILED", "STOPPED"):
+        os.makedirs(os.path.join(paths.root, "markers"), exist_ok=True)
+        os.replace(paths.marker(marker), os.path.join(paths.root, "markers", f"{marker}.{int(time.time())}.json"))
+        for path in (paths.stop_request,):
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+def cmd_waiter(a: argparse.Namespace) -> int:
+    from . import waiter
+
+    return waiter.main(_paths(a.run_dir), a.attempt, a.resume_from, a.lock_fd)
+
+
+def cmd_stop(a: argparse.Namespace) -> int:
+    from . import stop
+
+    return stop.main(_paths(a.run_dir), a.reason, a.wait_s)
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    paths = _paths(a.run_dir)
+    try:
+        with open(paths.status, "rb") as f:
+            sys.stdout.write(f.read().decode("utf-8") + "\n")
+    except FileNotFoundError:
+        raise RgtError(f"{paths.status} does not exist yet: the agent has not written a heartbeat") from None
+    return 0
+
+
+def cmd_manifest(a: argparse.Namespace) -> int:
+    from . import manifest
+
+    return manifest.main(_paths(a.run_dir))
+
+
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from . import doctor
+
+    report = doctor.run_doctor(a.run_dir)
+    print(json.dumps(report))
+    return 0
+
+
+def cmd_verify_ckpt(a: argparse.Namespace) -> int:
+    from .ckpt import verify
+
+    return verify.main(a.paths)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The archive's subcommands; each takes the run directory."""
+    p = argparse.ArgumentParser(prog="rgt-agent", description="rgt agent (runs on the GPU box)")
+    sub = p.add_subparsers(dest="cmd")
+    d = sub.add_parser("daemon", help="supervise a run (one per run; exits 0 if one already runs)")
+    d.add_argument("run_dir")
+    d.add_argument("--resume", action="store_true", help="continue a FAILED or STOPPED run")
+    d.set_defaults(fn=cmd_daemon)
+    w = sub.add_parser("waiter", help="(internal) start the trainer and record its end")
+    w.add_argument("run_dir")
+    w.add_argument("--attempt", type=int, required=True)
+    w.add_argument("--resume-from")
+    w.add_argument("--lock-fd", type=int)
+    w.set_defaults(fn=cmd_waiter)
+    s = sub.add_parser("stop", help="stop the run: SIGTERM, grace deadline, SIGKILL")
+    s.add_argument("run_dir")
+    s.add_argument("--reason", default="stopped by the user")
+    s.add_argument("--wait-s", type=float, default=0.0)
+    s.set_defaults(fn=cmd_stop)
+    st = sub.add_parser("status", help="print status.json")
+    st.add_argument("run_dir")
+    st.set_defaults(fn=cmd_status)
+    m = sub.add_parser("manifest", help="build manifest.json from the run's roster")
+    m.add_argument("run_dir")
+    m.set_defaults(fn=cmd_manifest)
+    dr = sub.add_parser("doctor", help="pre-flight audit of this box, as JSON")
+    dr.add_argument("run_dir", nargs="?", default=".")
+    dr.set_defaults(fn=cmd_doctor)
+    v = sub.add_parser("verify-ckpt", help="(internal) safe-load checkpoints, one JSON line each")
+    v.add_argument("paths", nargs="+")
+    v.set_defaults(fn=cmd_verify_ckpt)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the archive; errors for people are one line on stderr."""
+    args = build_parser().parse_args(argv)
+    if not getattr(args, "fn", None):
+        build_parser().print_usage(sys.stderr)
+        return 2
+    try:
+        return args.fn(args)
+    except RgtError as e:
+        print(f"rgt agent: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def request_stop(paths: RunPaths, reason: str) -> None:
+    """Leave a stop request for the agent to act on at its next tick."""
+    os.makedirs(paths.control, exist_ok=True)
+    atomic_write_json(paths.stop_request, {"reason": reason, "at": time.time()})

@@ -1,0 +1,220 @@
+"""The agent daemon on the box: one per run (flock), ticks, supervises, writes status, journal and markers."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import select
+import signal
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+from rgt.shared.atomic import atomic_write, atomic_write_json
+from rgt.shared.journal import Journal, read_journal
+from rgt.shared.paths import RunPaths
+from rgt.shared.spec import RunSpec
+from rgt.shared.states import RunState
+from rgt.shared.status import Status, parse_status
+
+from . import launch, procs
+from .runner import WaiterRunner, read_record
+from .statusbuild import StatusBuilder
+from .supervisor import Supervisor, SupervisorSpec
+
+MARKER_OF = {RunState.SUCCEEDED: "DONE", RunState.FAILED: "FAILED", RunState.STOPPED: "STOPPED"}
+log = logging.getLogger("rgt.agent")
+
+
+def agent_version() -> str:
+    """The archive's sha12 (its file name), or "dev" when run from the installed package."""
+    archive = launch.archive_path()
+    return os.path.basename(archive)[:-4] if archive else "dev"
+
+
+class LockHeld(Exception):
+    """Another agent holds agent.lock; its pid is the message."""
+
+
+def take_lock(paths: RunPaths) -> int:
+    """flock agent.lock for our life and write our pid; raise LockHeld naming the holder."""
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").split()
+        os.close(fd)
+        raise LockHeld(holder[0] if holder else "?") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {procs.start_time(os.getpid())}\n".encode(), 0)
+    return fd
+
+
+class Daemon:
+    """Owns one run until it reaches a terminal state, or until it is told to go."""
+
+    def __init__(self, paths: RunPaths, spec: RunSpec) -> None:
+        self.paths, self.spec = paths, spec
+        self.journal = Journal(paths.journal)
+        self.incarnation = procs.incarnation()
+        self.flags: Dict[str, bool] = {}
+        self.agent_log_fd = os.open(paths.agent_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.runner = WaiterRunner(paths, self.agent_log_fd)
+        self.builder = StatusBuilder(paths, spec, agent_version(), self.incarnation, self._previous_status())
+        self.sup = Supervisor(
+            SupervisorSpec.from_run_spec(spec), self.runner, self.journal, self.builder.judge,
+            resume_from=self.builder.resume_from, on_transition=self._on_transition,
+            on_retry=self.builder.on_retry,
+        )
+        self.builder.sup = self.sup
+        self.last_tick: Optional[float] = None
+
+    def _previous_status(self) -> Optional[Status]:
+        try:
+            with open(self.paths.status, "rb") as f:
+                return parse_status(f.read())
+        except (OSError, ValueError):
+            return None
+
+    # -- signals: handlers only set flags; a self-pipe wakes the select --------------------------
+    def _install_signals(self) -> int:
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        os.set_blocking(r, False)
+        signal.set_wakeup_fd(w)
+        for sig, flag in ((signal.SIGCHLD, "child"), (signal.SIGUSR2, "wake"), (signal.SIGTERM, "term"),
+                          (signal.SIGINT, "term"), (signal.SIGUSR1, "wake")):
+            signal.signal(sig, lambda s, f, flag=flag: self.flags.__setitem__(flag, True))
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        return r
+
+    def _on_transition(self, old: RunState, new: RunState, reason: str) -> None:
+        log.info("%s -> %s: %s", old.value, new.value, reason)
+        self.write_status()
+
+    # -- startup: adopt what an earlier agent left, or launch -----------------------------------------
+    def _consumed_attempts(self) -> List[int]:
+        return [r.get("attempt") for r in read_journal(self.paths.journal).records if r.get("kind") == "attempt_end"]
+
+    def begin(self) -> None:
+        """Decide between adopting a live trainer, finishing an ended attempt, and a fresh launch."""
+        rec = read_record(self.paths.trainer_record)
+        prev = self.builder.previous
+        restarts = prev.trainer.restarts if prev else 0
+        if rec is None:
+            self.sup.launch("first start")  # UNKNOWN -> STARTING
+            return
+        attempt = int(rec.get("attempt") or 0)
+        self.runner.adopt(attempt)
+        if attempt in self._consumed_attempts():
+            self.sup.attempt, self.sup.restarts = attempt, restarts
+            self.sup.launch(f"agent restarted after attempt {attempt} ended; resuming")
+            return
+        if rec.get("incarnation") != self.incarnation:
+            self.builder.new_incarnation = True
+        self.sup.adopt(attempt, restarts, f"agent restarted; adopting attempt {attempt} (trainer pid {rec.get('pid')})")
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Supervise until a terminal state (exit 0) or SIGTERM to the agent (exit 0, trainer untouched)."""
+        wake_fd = self._install_signals()
+        dropped = self.journal.repair()
+        self.journal.append("agent_start", pid=os.getpid(), version=agent_version(),
+                            incarnation=self.incarnation, journal_bytes_dropped=dropped)
+        self.begin()
+        while not self.sup.state.terminal:
+            self._wait(wake_fd)
+            if self.flags.pop("term", False):
+                self.journal.append("agent_exit", reason="SIGTERM to the agent; the trainer is left running")
+                self.write_status()
+                return 0
+            self.flags.pop("wake", None)
+            self.flags.pop("child", None)
+            self.tick()
+        self.finish()
+        return 0
+
+    def _wait(self, wake_fd: int) -> None:
+        timeout = self.spec.tick_s
+        if self.sup.kill_at is not None:
+            timeout = min(timeout, max(0.0, self.sup.kill_at - time.monotonic()))
+        if self.flags:
+            timeout = 0
+        try:
+            ready, _, _ = select.select([wake_fd], [], [], timeout)
+        except InterruptedError:
+            ready = []
+        if ready:
+            try:
+                while os.read(wake_fd, 512):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def tick(self) -> None:
+        """Poll everything once and write status."""
+        now = time.monotonic()
+        if self.last_tick is not None and now - self.last_tick > 3 * self.spec.tick_s + 1:
+            self.builder.note_pause(now - self.last_tick)
+        self.last_tick = now
+        if os.path.exists(self.paths.stop_request) and self.sup.stop_reason is None:
+            req = read_record(self.paths.stop_request) or {}
+            self.sup.request_stop(req.get("reason") or "stop requested")
+        self.builder.poll_inputs(now)
+        self.sup.step()
+        if self.sup.last_end is not None and self.sup.last_end.attempt not in self.builder.ended_attempts:
+            self.builder.ended_attempts.add(self.sup.last_end.attempt)
+            self.journal.append("attempt_end", attempt=self.sup.last_end.attempt,
+                                exit_code=self.sup.last_end.exit_code, signal=self.sup.last_end.signal)
+        self.write_status()
+
+    def write_status(self) -> None:
+        """Atomic status write; a full disk keeps the previous file and the agent goes on."""
+        try:
+            atomic_write(self.paths.status, self.builder.build(time.time()).to_json())
+        except OSError as e:
+            log.warning("status.json not written (%s); the previous one stays", e)
+
+    def finish(self) -> None:
+        """Write the completion marker and the final status."""
+        state = self.sup.state
+        st = self.builder.build(time.time())
+        lf = self.sup.last_failure
+        body: Dict[str, Any] = {
+            "run_id": self.spec.run_id, "state": state.value, "reason": self.sup.final_reason,
+            "exit_code": st.trainer.exit_code, "signal": st.trainer.signal, "attempt": self.sup.attempt,
+            "restarts": self.sup.restarts, "at": time.time(), "manifest_sha256": None,
+            "failure": None if lf is None or state != RunState.FAILED else {
+                "class": lf.class_, "evidence": lf.evidence, "remediation": lf.remediation},
+        }
+        body.update(self.builder.marker_extra())
+        try:
+            atomic_write_json(self.paths.marker(MARKER_OF[state]), body)
+        except OSError as e:
+            log.error("cannot write the %s marker: %s", MARKER_OF[state], e)
+        self.journal.append("marker", name=MARKER_OF[state], state=state.value)
+        self.write_status()
+
+
+def main(paths: RunPaths) -> int:
+    """`pyz daemon RUN_DIR`: exit 0 also when another agent holds the run or it already ended."""
+    logging.basicConfig(
+        filename=paths.agent_log, level=logging.INFO,
+        format="%(asctime)s %(levelname)s pid=%(process)d %(message)s",
+    )
+    spec = RunSpec.load(paths.spec)
+    try:
+        lock_fd = take_lock(paths)
+    except LockHeld as e:
+        print(f"rgt agent: run {spec.run_id} is already supervised by agent pid {e}; nothing to do")
+        return 0
+    marker = paths.existing_marker()
+    if marker:
+        print(f"rgt agent: run {spec.run_id} already ended ({marker}); nothing to do")
+        return 0
+    try:
+        return Daemon(paths, spec).run()
+    finally:
+        os.close(lock_fd)
+        sys.stdout.flush()

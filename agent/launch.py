@@ -1,0 +1,85 @@
+"""How the agent on the box launches things: the trainer's env, secrets.env, and argv to re-run this archive."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Dict, List, Mapping, Optional
+
+from rgt.shared.paths import RunPaths
+from rgt.shared.secrets import load_secrets
+from rgt.shared.spec import RunSpec
+
+ATTEMPT_HEADER = "=== rgt attempt {attempt} ===\n"
+
+
+def archive_path() -> Optional[str]:
+    """The agent archive (.pyz) this code runs from, or None when run from an installed package."""
+    here = os.path.abspath(__file__)
+    marker = ".pyz" + os.sep
+    if marker in here:
+        return here[: here.index(marker) + 4]
+    return None
+
+
+def self_argv(*args: str) -> List[str]:
+    """Argv that runs this agent again with ``args``: the archive under -I, or the installed package."""
+    archive = archive_path()
+    if archive:
+        return [sys.executable, "-I", archive, *args]
+    return [sys.executable, "-m", "rgt.agent", *args]
+
+
+def attempt_header(attempt: int) -> str:
+    """The line the waiter writes before each attempt, so a classifier reads only this attempt's tail."""
+    return ATTEMPT_HEADER.format(attempt=attempt)
+
+
+def ckpt_dir(spec: RunSpec, paths: RunPaths) -> str:
+    """The checkpoint dir: spec.ckpt_dir, relative to the run dir unless absolute."""
+    return os.path.join(paths.root, spec.ckpt_dir)
+
+
+def helper_dir(paths: RunPaths) -> str:
+    """Where the trainer helper writes progress.json for the agent (RGT_STATUS_DIR)."""
+    return os.path.join(paths.root, "helper")
+
+
+def trainer_env(spec: RunSpec, paths: RunPaths, attempt: int, resume_from: Optional[str],
+                base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The trainer's environment: the agent's, the spec's plain vars, platform setup, secrets, RGT_*."""
+    env = dict(os.environ if base is None else base)
+    env.update(spec.env)
+    recipe = spec.extra.get("platform_env")
+    if recipe:
+        from . import platform_env
+
+        env.update(platform_env.trainer_env_from_recipe(recipe))
+    env.update(load_secrets(paths.secrets))
+    status_dir = helper_dir(paths)
+    os.makedirs(status_dir, exist_ok=True)
+    os.makedirs(ckpt_dir(spec, paths), exist_ok=True)
+    env.update({
+        "RGT_RUN_ID": spec.run_id,
+        "RGT_CKPT_DIR": ckpt_dir(spec, paths),
+        "RGT_STATUS_DIR": status_dir,
+        "RGT_ATTEMPT": str(attempt),
+        "RGT_AGENT_TAG": agent_tag(paths, attempt),
+        "PYTHONUNBUFFERED": "1",
+    })
+    if spec.extra.get("save_every_s"):
+        env["RGT_SAVE_EVERY_S"] = str(spec.extra["save_every_s"])
+    if resume_from:
+        env["RGT_RESUME_FROM"] = resume_from
+    else:
+        env.pop("RGT_RESUME_FROM", None)
+    archive = archive_path()
+    if archive:
+        # The trainer helper imports from the archive; only the rgt package is exposed there.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (archive, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def agent_tag(paths: RunPaths, attempt: int) -> str:
+    """A tag in every trainer process's env: proof that a pid belongs to this run's attempt."""
+    return f"{os.path.abspath(paths.root)}#{attempt}"

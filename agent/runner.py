@@ -1,0 +1,105 @@
+"""The real Runner on the box: launches the waiter (which launches the trainer) and reads what it records."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+from typing import Any, Dict, Optional
+
+from rgt.shared.atomic import read_json
+from rgt.shared.paths import RunPaths
+
+from . import launch, procs
+from .supervisor import Ended, Runner
+
+
+def read_record(path: str) -> Optional[Dict[str, Any]]:
+    """A JSON record written atomically by the waiter, or None."""
+    try:
+        d = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) else None
+
+
+class WaiterRunner(Runner):
+    """Starts `pyz waiter` in its own session and hands it waiter.lock, held for the waiter's whole life."""
+
+    def __init__(self, paths: RunPaths, agent_log_fd: int) -> None:
+        self.paths = paths
+        self.agent_log_fd = agent_log_fd
+        self.attempt = 0
+        self.proc: Optional[subprocess.Popen] = None
+        self.lock_path = os.path.join(paths.root, "waiter.lock")
+
+    # -- waiter liveness through its lock ---------------------------------------------------------
+    def waiter_alive(self) -> bool:
+        """True while some waiter of this run holds waiter.lock."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops our lock at once if we got it
+        return False
+
+    def reap(self) -> None:
+        """Collect our own waiter child after SIGCHLD so no zombie is left."""
+        if self.proc is not None and self.proc.poll() is not None:
+            self.proc = None
+
+    def record(self) -> Optional[Dict[str, Any]]:
+        """trainer.json of the current attempt, if written yet."""
+        rec = read_record(self.paths.trainer_record)
+        return rec if rec and rec.get("attempt") == self.attempt else None
+
+    # -- Runner -------------------------------------------------------------------------------------
+    def start(self, attempt: int, resume_from: Optional[str]) -> None:
+        """Spawn the waiter with the lock already held, so no restarted agent can start a second one."""
+        self.attempt = attempt
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            argv = launch.self_argv("waiter", self.paths.root, "--attempt", str(attempt), "--lock-fd", str(fd))
+            if resume_from:
+                argv += ["--resume-from", resume_from]
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=self.agent_log_fd, stderr=self.agent_log_fd,
+                start_new_session=True, pass_fds=(fd,), cwd=self.paths.root,
+            )
+        finally:
+            os.close(fd)
+
+    def adopt(self, attempt: int) -> None:
+        """Track an attempt started by an earlier agent."""
+        self.attempt = attempt
+
+    def started(self) -> bool:
+        """The waiter wrote trainer.json for this attempt."""
+        return self.record() is not None
+
+    def poll(self) -> Optional[Ended]:
+        """exit.json of this attempt, or an unknown end when the waiter died without writing it."""
+        self.reap()
+        ex = read_record(self.paths.exit)
+        if ex and ex.get("attempt") == self.attempt:
+            started, ended = ex.get("started_at") or 0.0, ex.get("ended_at") or 0.0
+            return Ended(self.attempt, ex.get("exit_code"), ex.get("signal"), max(0.0, ended - started))
+        if self.proc is not None or self.waiter_alive():
+            return None
+        rec = self.record()
+        if rec and procs.is_same_process(rec.get("pid"), rec.get("start_time")):
+            return None  # the waiter was killed but the trainer runs on: keep tracking it by pid
+        return Ended(self.attempt, None, None, 0.0)
+
+    def signal_stop(self, kill: bool) -> None:
+        """Signal only the tracked trainer group (pid, start time and env tag checked)."""
+        rec = self.record()
+        if not rec or not rec.get("pid"):
+            return
+        sig = signal.SIGKILL if kill else signal.SIGTERM
+        tag = f"RGT_AGENT_TAG={rec.get('tag')}".encode()
+        procs.signal_tracked(rec["pid"], rec.get("start_time") or 0.0, tag, sig)

@@ -1,0 +1,193 @@
+"""Assembles status.json on the box from the supervisor, progress, checkpoints and sentinels; judges ends."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import time
+from typing import Any, Dict, List, Optional, Set
+
+from rgt.shared.spec import RunSpec
+from rgt.shared.paths import RunPaths
+from rgt.shared.states import FailureClass, RunState
+from rgt.shared.status import Checkpoint, Cost, Progress, Sentinel, Status, Trainer
+
+from . import launch, procs
+from .classify import Evidence, Verdict, classify
+from .progress import LogProgress, read_helper_progress
+from .runner import read_record
+from .supervisor import Ended
+
+log = logging.getLogger("rgt.agent")
+
+
+class StatusBuilder:
+    """Everything the daemon knows besides the state machine, and the one place status is built."""
+
+    def __init__(self, paths: RunPaths, spec: RunSpec, version: str, incarnation: str,
+                 previous: Optional[Status]) -> None:
+        self.paths, self.spec, self.version, self.incarnation = paths, spec, version, incarnation
+        self.previous = previous
+        self.seq = previous.seq if previous else 0
+        self.logp = LogProgress(paths.trainer_log, spec.progress_patterns)
+        self.progress = Progress()
+        self.sup: Any = None
+        self.pipeline: Any = None  # CheckpointPipeline, wired by the daemon when available
+        self.sentinels: Any = None  # SentinelRunner, likewise
+        self.alerts: Dict[str, Sentinel] = {}
+        self.ended_attempts: Set[int] = set()
+        self.new_incarnation = False
+        self.gpu_fault: Optional[str] = None
+        self.created_at = time.time()
+
+    # -- inputs ------------------------------------------------------------------------------------
+    def poll_inputs(self, now_mono: float) -> None:
+        """Read progress from the helper or the log; a change feeds the stall clock."""
+        changed = self.logp.poll(time.time())
+        helper = read_helper_progress(launch.helper_dir(self.paths))
+        if helper is not None and (self.progress.source != "helper" or helper.updated_at != self.progress.updated_at):
+            if helper.updated_at != self.progress.updated_at:
+                changed = True
+            self.progress = helper
+        elif helper is None:
+            self.progress = self.logp.progress
+        if changed and self.sup is not None:
+            self.sup.note_progress(now_mono)
+        self._trainer_paused()
+
+    def _trainer_paused(self) -> None:
+        """A trainer stopped by SIGSTOP or frozen by the cgroup freezer is a pause, not progress."""
+        rec = read_record(self.paths.trainer_record)
+        st = procs.proc_stat(rec["pid"]) if rec and rec.get("pid") else None
+        frozen = st is not None and (st.state in ("T", "t") or _freezer_frozen(st.pid))
+        if frozen:
+            self.alerts["pause"] = Sentinel("pause", "warn", None, None,
+                                            f"the trainer (pid {st.pid}) is paused (stopped or frozen)")
+            if self.sup is not None:
+                self.sup.last_progress = time.monotonic()  # a pause is not a stall
+        elif self.alerts.get("pause") and "trainer" in (self.alerts["pause"].message or ""):
+            del self.alerts["pause"]
+
+    def note_pause(self, gap_s: float) -> None:
+        """The agent itself was frozen or suspended: ticks were missing for ``gap_s``."""
+        msg = f"the agent was paused for {gap_s:.1f}s (box paused or preempted)"
+        self.alerts["pause"] = Sentinel("pause", "warn", round(gap_s, 1), 3 * self.spec.tick_s, msg)
+        if self.sup is not None:
+            self.sup.journal.append("preempted", evidence=msg, gap_s=gap_s)
+            self.sup.last_progress = time.monotonic()
+
+    # -- judging an end ------------------------------------------------------------------------------
+    def judge(self, ended: Ended, stalled: Optional[str]) -> Verdict:
+        """Gather the evidence for one ended attempt and classify it."""
+        self.logp.poll(time.time())
+        disk = _statvfs(launch.ckpt_dir(self.spec, self.paths)) or _statvfs(self.paths.root)
+        completion_ok = None
+        if self.spec.completion_files:
+            completion_ok = all(glob.glob(os.path.join(self.paths.code, g)) for g in self.spec.completion_files)
+        ev = Evidence(
+            exit_code=ended.exit_code, signal=ended.signal, runtime_s=ended.runtime_s, tail=list(self.logp.tail),
+            start_grace_s=self.spec.start_grace_s, disk_free_bytes=disk[0] if disk else None,
+            inodes_free=disk[1] if disk else None, nan_seen=self.logp.nan_seen, step=self.progress.step,
+            gpu_fault=self.gpu_fault, new_incarnation=self.new_incarnation, stalled=stalled,
+            completion_ok=completion_ok,
+        )
+        self.new_incarnation = False
+        if ended.exit_code is None and ended.signal is None:
+            return Verdict(FailureClass.CRASHED, "the waiter vanished without recording the exit (killed?)")
+        return classify(ev)
+
+    def on_retry(self, verdict: Verdict) -> None:
+        """Before a retry: a disk class first prunes what the agent owns."""
+        if verdict.failure in (FailureClass.DISK_FULL, FailureClass.INODE_FULL) and self.pipeline is not None:
+            self.pipeline.prune(f"retrying after {verdict.failure.value}")
+        self.logp.nan_seen = False
+
+    def resume_from(self) -> Optional[str]:
+        """The newest verified checkpoint, from the pipeline when it runs."""
+        return self.pipeline.resume_from() if self.pipeline is not None else None
+
+    # -- output --------------------------------------------------------------------------------------
+    def build(self, now: float) -> Status:
+        """The status snapshot for this instant."""
+        self.seq += 1
+        sup = self.sup
+        state = sup.state if sup is not None else RunState.UNKNOWN
+        rec = read_record(self.paths.trainer_record) or {}
+        trainer = Trainer(attempt=sup.attempt if sup else 0, restarts=sup.restarts if sup else 0,
+                          last_failure=sup.last_failure if sup else None)
+        live = state in (RunState.STARTING, RunState.RUNNING, RunState.STOPPING)
+        if sup and live and rec.get("attempt") == sup.attempt:
+            trainer.pid, trainer.start_time = rec.get("pid"), rec.get("start_time")
+        if sup and sup.last_end is not None:
+            trainer.exit_code, trainer.signal = sup.last_end.exit_code, sup.last_end.signal
+        sentinels: List[Sentinel] = list(self.alerts.values())
+        status = Status(
+            run_id=self.spec.run_id, state=state.value, agent_version=self.version,
+            incarnation=self.incarnation, agent_pid=os.getpid(), tick_s=self.spec.tick_s, updated_at=now,
+            seq=self.seq, trainer=trainer, progress=self.progress, sentinels=sentinels,
+            checkpoint=self.pipeline.status(now) if self.pipeline is not None else Checkpoint(),
+            cost=self._cost(now),
+        )
+        if self.sentinels is not None:
+            extra, status.gpus, status.host = self.sentinels.snapshot()
+            status.sentinels = extra + sentinels
+        status.next_action = self._next_action(status, state)
+        return status
+
+    def _cost(self, now: float) -> Cost:
+        rate = self.spec.usd_per_hour
+        if rate is None:
+            return Cost()
+        start = self.spec.created_at or self.created_at
+        return Cost(rate, round(rate * max(0.0, now - start) / 3600.0, 4))
+
+    def _next_action(self, st: Status, state: RunState) -> str:
+        p, rid = st.progress, self.spec.run_id
+        if state == RunState.RUNNING:
+            where = f"step {p.step}" + (f" of {p.total_steps}" if p.total_steps else "") if p.step is not None else "no progress seen yet"
+            return f"training ({where}); watch with `rgt status {rid}`"
+        if state == RunState.STARTING:
+            return f"starting attempt {st.trainer.attempt}"
+        if state == RunState.BACKOFF:
+            lf = st.trainer.last_failure
+            return f"restarting after {lf.class_ if lf else 'a failure'}; resumes from the newest verified checkpoint"
+        if state == RunState.STOPPING:
+            return "stopping: SIGTERM sent, SIGKILL at the grace deadline"
+        if state == RunState.SUCCEEDED:
+            return f"done: pull the results with `rgt pull {rid}`, then `rgt down {rid}`"
+        if state == RunState.FAILED:
+            lf = st.trainer.last_failure
+            return (lf.remediation if lf and lf.remediation else "see `rgt logs`") + f"; then `rgt resume {rid}`"
+        if state == RunState.STOPPED:
+            return f"stopped: `rgt resume {rid}` to continue, or `rgt pull {rid}`"
+        return "agent is finding out what is on the box"
+
+    def marker_extra(self) -> Dict[str, Any]:
+        """Fields the marker carries besides the state (the checkpoint to resume from)."""
+        return {"resume_from": self.resume_from()}
+
+
+def _statvfs(path: str) -> Optional[tuple]:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return (st.f_bavail * st.f_frsize, st.f_favail)
+
+
+def _freezer_frozen(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) == 3 and parts[1] == "freezer" and parts[2] != "/":
+            try:
+                with open(f"/sys/fs/cgroup/freezer{parts[2]}/freezer.state") as f:
+                    return f.read().strip() in ("FROZEN", "FREEZING")
+            except OSError:
+                return False
+    return False

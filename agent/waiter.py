@@ -1,0 +1,127 @@
+"""The waiter on the box: starts the trainer in its own session, owns its output, writes exit.json; outlives the agent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from typing import Dict, List, Optional
+
+from rgt.shared.atomic import atomic_write_json
+from rgt.shared.paths import RunPaths
+
+from . import procs
+
+READ_CHUNK = 64 * 1024
+
+
+class RotatingLog:
+    """Append-only log file rotated by size into ``.1`` ... ``.N``; the waiter is its only writer."""
+
+    def __init__(self, path: str, max_bytes: int, keep: int) -> None:
+        self.path, self.max_bytes, self.keep = path, max_bytes, keep
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.size = os.fstat(self.fd).st_size
+
+    def write(self, data: bytes) -> None:
+        """Write, rotating first when the file would pass its size."""
+        if self.size and self.size + len(data) > self.max_bytes:
+            self._rotate()
+        try:
+            os.write(self.fd, data)
+            self.size += len(data)
+        except OSError:
+            # A full disk must not kill the waiter: exit.json is what matters; the bytes are lost.
+            pass
+
+    def _rotate(self) -> None:
+        os.close(self.fd)
+        # trainer.log -> .1 -> .2 ... -> .keep; the oldest falls off.
+        for i in range(self.keep, 0, -1):
+            src = self.path if i == 1 else f"{self.path}.{i - 1}"
+            if os.path.exists(src):
+                os.replace(src, f"{self.path}.{i}")
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.size = 0
+
+    def close(self) -> None:
+        """Close the file."""
+        os.close(self.fd)
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return str(num)
+
+
+def run(paths: RunPaths, argv: List[str], env: Dict[str, str], cwd: str, attempt: int,
+        log_max_bytes: int, log_keep: int) -> int:
+    """Start the trainer, pump its output into the log, and record how it ended.
+
+    The waiter ignores SIGTERM/SIGINT/SIGHUP: it must stay to record the trainer's end; the trainer
+    gets its own signals from whoever sends them.
+    """
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    os.makedirs(paths.logs, exist_ok=True)
+    log = RotatingLog(paths.trainer_log, log_max_bytes, log_keep)
+    incarnation = procs.incarnation()
+    started_at = time.time()
+    try:
+        child = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+            # Restore default dispositions so the trainer can be stopped with SIGTERM.
+            restore_signals=True,
+        )
+    except OSError as e:
+        log.write(f"rgt: cannot start {argv[0]!r}: {e}\n".encode())
+        atomic_write_json(paths.exit, {
+            "attempt": attempt, "pid": None, "exit_code": 127, "signal": None, "started_at": started_at,
+            "ended_at": time.time(), "incarnation": incarnation, "error": str(e),
+        })
+        return 0
+    atomic_write_json(paths.trainer_record, {
+        "attempt": attempt, "pid": child.pid, "pgid": child.pid, "start_time": procs.start_time(child.pid),
+        "waiter_pid": os.getpid(), "waiter_start_time": procs.start_time(os.getpid()),
+        "incarnation": incarnation, "tag": env.get("RGT_AGENT_TAG"), "started_at": started_at,
+    })
+    assert child.stdout is not None
+    out = child.stdout.fileno()
+    while True:
+        try:
+            data = os.read(out, READ_CHUNK)
+        except InterruptedError:
+            continue
+        if not data:
+            break
+        log.write(data)
+    rc = child.wait()
+    log.close()
+    atomic_write_json(paths.exit, {
+        "attempt": attempt, "pid": child.pid,
+        "exit_code": rc if rc >= 0 else None,
+        "signal": _signal_name(-rc) if rc < 0 else None,
+        "started_at": started_at, "ended_at": time.time(), "incarnation": incarnation,
+    })
+    return 0
+
+
+def main(paths: RunPaths, attempt: int, resume_from: Optional[str], lock_fd: Optional[int]) -> int:
+    """Entry point of `pyz waiter RUN_DIR`: build the trainer's env here, so secrets never travel."""
+    from rgt.shared.spec import RunSpec
+
+    from . import launch
+
+    if lock_fd is not None:
+        # Holding waiter.lock for our whole life tells a restarted agent that a waiter is alive.
+        os.set_inheritable(lock_fd, False)
+    spec = RunSpec.load(paths.spec)
+    env = launch.trainer_env(spec, paths, attempt, resume_from)
+    os.makedirs(paths.logs, exist_ok=True)
+    with open(paths.trainer_log, "ab") as f:
+        f.write(launch.attempt_header(attempt).encode())
+    return run(paths, spec.command, env, paths.code, attempt, spec.log_max_bytes, spec.log_keep)

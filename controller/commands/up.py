@@ -1,0 +1,92 @@
+"""`rgt up HOST|local -- CMD` (laptop): put a run on a box under the agent and wait for its first heartbeat."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional, Tuple
+
+import click
+
+from rgt.shared.errors import BadInput
+from rgt.shared.paths import generate_run_id, validate_run_id
+from rgt.shared.spec import RunSpec
+
+from . import json_option, ssh_options
+
+
+def _default_name(command: Tuple[str, ...]) -> str:
+    for word in command:
+        base = os.path.basename(word)
+        if base.endswith((".py", ".sh")):
+            return base.rsplit(".", 1)[0]
+    return os.path.basename(command[0]) if command else "run"
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.argument("host")
+@click.option("--profile", default=None, help="Platform profile (see `rgt profile list`).")
+@click.option("--run", "run_id", default=None, help="Run id; default name-date-4hex.")
+@click.option("--ckpt-dir", default=None, help="Checkpoint dir, relative to the run dir (default ckpt).")
+@click.option("--artifacts", multiple=True, help="Glob under the code dir to pull at the end (repeatable).")
+@click.option("--secret", "secrets", multiple=True, help="Env var NAME whose value goes to the box by stdin.")
+@click.option("--python", default=None, help="Python on the box for the agent (default: probe python3, python).")
+@click.option("--code", "code_dir", default=".", type=click.Path(file_okay=False, exists=True), help="Project dir to sync.")
+@click.option("--tick-s", type=float, default=None, help="Agent tick (default 2 s).")
+@click.option("--max-restarts", type=int, default=None)
+@click.option("--stall-after-s", type=float, default=None)
+@click.option("--start-grace-s", type=float, default=None)
+@click.option("--usd-per-hour", type=float, default=None)
+@click.option("--heartbeat-timeout-s", type=float, default=60.0, show_default=True)
+@click.option("--dry-run", is_flag=True, help="Show the spec and environment; run nothing.")
+@ssh_options
+@json_option
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def cli(app, host, profile, run_id, ckpt_dir, artifacts, secrets, python, code_dir, tick_s, max_restarts,
+        stall_after_s, start_grace_s, usd_per_hour, heartbeat_timeout_s, dry_run, port, ssh_config, as_json,
+        command) -> None:
+    """Start CMD (given after `--`) on HOST, or on this machine with `local`."""
+    from rgt.controller import launch, rgttoml
+
+    if not command:
+        raise BadInput("no command: put the training command after `--`, e.g. rgt up local -- python train.py")
+    toml = rgttoml.load(code_dir).get("run", {})
+    run_id = validate_run_id(run_id or toml.get("run") or generate_run_id(_default_name(command)))
+    spec = RunSpec(run_id=run_id, command=list(command), created_at=time.time(),
+                   profile=profile or toml.get("profile") or ("local" if host == "local" else "generic-ssh"))
+    _merge(spec, toml, ckpt_dir=ckpt_dir, artifacts=list(artifacts) or None, tick_s=tick_s,
+           max_restarts=max_restarts, stall_after_s=stall_after_s, start_grace_s=start_grace_s,
+           usd_per_hour=usd_per_hour)
+    names = list(secrets) or list(toml.get("secrets") or [])
+    spec.secret_names = names
+    values = launch.collect_secrets(names)
+    if dry_run:
+        app.data({"spec": _public(spec), "secrets": {n: "***" for n in values}, "host": host})
+        return
+    transport = app.transport_for(host, port, ssh_config)
+    req = launch.UpRequest(host=host, spec=spec, code_dir=os.path.abspath(code_dir), python=python or toml.get("python"),
+                           secret_values=values, heartbeat_timeout_s=heartbeat_timeout_s, port=port,
+                           ssh_config=ssh_config)
+    rec = launch.up(app.registry, transport, req)
+    if as_json:
+        app.data({"run_id": rec.run_id, "host": rec.host, "run_dir": rec.run_dir})
+    app.info(f"run {rec.run_id} is up on {rec.host} ({rec.run_dir})")
+    app.info(f"  rgt status {rec.run_id}   rgt logs -f {rec.run_id}   rgt stop {rec.run_id}")
+
+
+def _merge(spec: RunSpec, toml: dict, **flags: Optional[object]) -> None:
+    """Flags win over rgt.toml, which wins over the spec's defaults."""
+    for key, value in flags.items():
+        chosen = value if value is not None else toml.get(key)
+        if chosen is not None:
+            setattr(spec, key, chosen)
+    for key in ("keep_last", "completion_files", "allow_pickle"):
+        if key in toml:
+            setattr(spec, key, toml[key])
+
+
+def _public(spec: RunSpec) -> dict:
+    import json
+
+    return json.loads(spec.to_json())

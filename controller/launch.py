@@ -1,0 +1,127 @@
+"""The `rgt up` flow on the laptop, the same for every transport: check, sync, pyz, spec, secrets, start, heartbeat."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from rgt.shared.errors import BadInput, RgtError
+from rgt.shared.secrets import NAME_RE, format_secrets
+from rgt.shared.spec import RunSpec
+
+from . import pyz
+from .observe import poll
+from .registry import Registry, RunRecord
+from .state import state_dir
+from .transport.base import Transport
+
+CODE_EXCLUDES = (".git", ".venv", "__pycache__", "rgt-pulls", "*.pyc")
+
+
+@dataclass
+class UpRequest:
+    """Everything `rgt up` was asked for, after flags and rgt.toml are merged."""
+
+    host: str
+    spec: RunSpec
+    code_dir: str
+    python_candidates: List[str] = field(default_factory=lambda: ["python3", "python"])
+    python: Optional[str] = None
+    secret_values: Dict[str, str] = field(default_factory=dict)
+    heartbeat_timeout_s: float = 60.0
+    port: Optional[int] = None
+    ssh_config: Optional[str] = None
+
+
+def collect_secrets(names: List[str], env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """Secret values from the local environment, by name; a missing one is an error naming it."""
+    env = dict(os.environ if env is None else env)
+    out = {}
+    for name in names:
+        if not NAME_RE.match(name):
+            raise BadInput(f"bad secret name {name!r}: use letters, digits and _")
+        if name not in env:
+            raise BadInput(f"secret {name} is not set in this shell's environment")
+        out[name] = env[name]
+    return out
+
+
+def ensure_pyz(transport: Transport, root: str) -> str:
+    """Build the agent archive locally and copy it only when the box lacks that hash; returns its box path."""
+    local_path, sha12 = pyz.build(str(state_dir() / "pyz"))
+    remote = f"{root}/agent/{sha12}.pyz"
+    if not transport.exists(remote):
+        transport.run(["mkdir", "-p", f"{root}/agent"])
+        res = transport.rsync(["-t", local_path, transport.rsync_target(remote)])
+        if res.returncode != 0:
+            raise RgtError(f"copying the agent to {transport.name} failed: {res.stderr.decode(errors='replace').strip()[:300]}")
+    return remote
+
+
+def sync_code(transport: Transport, code_dir: str, run_dir: str) -> None:
+    """rsync the project into the run's own code/ dir, honouring .gitignore and the fixed excludes."""
+    args = ["-a", "--delete", "--filter=:- .gitignore"]
+    args += [f"--exclude={x}" for x in CODE_EXCLUDES]
+    args += [code_dir.rstrip("/") + "/", transport.rsync_target(f"{run_dir}/code/")]
+    res = transport.rsync(args)
+    if res.returncode != 0:
+        raise RgtError(f"syncing the code to {transport.name} failed: {res.stderr.decode(errors='replace').strip()[:300]}")
+
+
+def wait_heartbeat(transport: Transport, rec: RunRecord, timeout_s: float, after_seq: int = 0,
+                   agent_pid: Optional[int] = None) -> None:
+    """Wait for a status write by the new agent; a clear error naming agent.log otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        obs = poll(transport, rec)
+        if obs.status is not None and obs.status.seq > after_seq and (
+                agent_pid is None or obs.status.agent_pid == agent_pid):
+            return
+        time.sleep(0.2)
+    tail = transport.sh('tail -n 5 -- "$1/logs/agent.log" "$1/logs/agent.out" 2>/dev/null', rec.run_dir)
+    raise RgtError(
+        f"the agent wrote no heartbeat within {timeout_s:.0f}s; see {rec.run_dir}/logs/agent.log on "
+        f"{transport.name}: {tail.out.decode(errors='replace').strip()[-400:]}"
+    )
+
+
+def up(registry: Registry, transport: Transport, req: UpRequest) -> RunRecord:
+    """Put the run on the box and return once the agent's first heartbeat is there."""
+    spec = req.spec.validate()
+    root = transport.root
+    run_dir = f"{root}/runs/{spec.run_id}"
+    if transport.exists(f"{run_dir}/spec.json"):
+        raise BadInput(f"run {spec.run_id} already exists on {transport.name}: pick another --run, or `rgt resume {spec.run_id}`")
+    python = req.python or transport.find_python(req.python_candidates)[0]
+    spec.python = spec.python or python
+    res = transport.run(["mkdir", "-p", f"{run_dir}/code", f"{run_dir}/logs"])
+    if res.rc != 0:
+        raise RgtError(f"cannot create {run_dir} on {transport.name}: {res.err.decode(errors='replace').strip()[:300]}")
+    transport.run(["chmod", "700", run_dir])
+    sync_code(transport, req.code_dir, run_dir)
+    archive = ensure_pyz(transport, root)
+    if req.secret_values:
+        transport.write_file(f"{run_dir}/secrets.env", format_secrets(req.secret_values).encode(), "600")
+    transport.write_file(f"{run_dir}/spec.json", spec.to_json(), "644")
+    rec = RunRecord(run_id=spec.run_id, host=req.host, root=root, profile=spec.profile, port=req.port,
+                    ssh_config=req.ssh_config, python=python)
+    registry.save(rec)
+    pid = transport.start_agent(run_dir, python, archive)
+    wait_heartbeat(transport, rec, req.heartbeat_timeout_s, agent_pid=pid)
+    return rec
+
+
+def resume(transport: Transport, rec: RunRecord, timeout_s: float = 60.0) -> str:
+    """Start the agent again for a run: it adopts a live trainer or resumes; a DONE run is left alone."""
+    obs = poll(transport, rec)
+    if transport.exists(f"{rec.run_dir}/DONE"):
+        return f"run {rec.run_id} is DONE; nothing to resume"
+    if obs.status is not None and obs.view not in ("stale", "failed", "stopped"):
+        return f"run {rec.run_id} is {obs.view} with a live agent; nothing to do"
+    python = rec.python or transport.find_python(["python3", "python"])[0]
+    archive = ensure_pyz(transport, rec.root)
+    pid = transport.start_agent(rec.run_dir, python, archive, resume=True)
+    wait_heartbeat(transport, rec, timeout_s, after_seq=obs.status.seq if obs.status else 0, agent_pid=pid)
+    return f"run {rec.run_id}: agent pid {pid} took over"

@@ -1,0 +1,110 @@
+"""The Transport seam (laptop side): run argv on the box, move files, and the box operations built on them."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+from rgt.shared.errors import RgtError
+
+# Box-side snippets take their data as positional args ("$1"...), never pasted into the script.
+READ_WITH_CLOCK = 'cat -- "$1" 2>/dev/null; rc=$?; printf "\\n@@rgt-now %s\\n" "$(date +%s.%N)"; exit $rc'
+WRITE_STDIN = 'umask 077; mkdir -p -- "$(dirname -- "$1")" && cat > "$1.rgt-tmp" && chmod "$2" "$1.rgt-tmp" && mv -f -- "$1.rgt-tmp" "$1"'
+DETACH = (
+    'cd -- "$1" && mkdir -p logs && setsid nohup "$2" -I "$3" daemon "$1" $4 >>"$1/logs/agent.out" 2>&1 '
+    '</dev/null & echo $!'
+)
+FIND_PYTHON = (
+    'for p in "$@"; do if command -v "$p" >/dev/null 2>&1; then '
+    'if "$p" -c "import sys; sys.exit(0 if sys.version_info >= (3, 8) else 1)" 2>/dev/null; then '
+    'command -v "$p"; "$p" -c "import sys; print(sys.version.split()[0])"; exit 0; fi; fi; done; exit 1'
+)
+CLOCK_MARK = b"\n@@rgt-now "
+
+
+class BoxResult(NamedTuple):
+    """What one command on the box gave back."""
+
+    rc: int
+    out: bytes
+    err: bytes
+
+
+class Transport:
+    """A box. Subclasses say how argv runs there and how files move; the rest is shared."""
+
+    name = "box"
+    root = ""
+
+    # -- what subclasses provide ------------------------------------------------------------------
+    def run(self, argv: Sequence[str], input: Optional[bytes] = None, timeout_s: Optional[float] = 60.0) -> BoxResult:
+        """Run argv on the box; TransportError when the box cannot be reached."""
+        raise NotImplementedError
+
+    def popen(self, argv: Sequence[str]) -> subprocess.Popen:
+        """Start argv on the box with stdout piped, for streaming (logs -f, status --watch)."""
+        raise NotImplementedError
+
+    def rsync_target(self, path: str) -> str:
+        """How rsync names ``path`` on the box."""
+        raise NotImplementedError
+
+    def rsync_args(self) -> List[str]:
+        """Extra rsync args (the `-e ssh ...` of a remote box)."""
+        return []
+
+    def close(self) -> None:
+        """Release shared connections, if any."""
+
+    # -- shared box operations ----------------------------------------------------------------------
+    def sh(self, script: str, *args: str, input: Optional[bytes] = None,
+           timeout_s: Optional[float] = 60.0) -> BoxResult:
+        """Run a fixed sh snippet with data passed as positional args."""
+        return self.run(["sh", "-c", script, "sh", *args], input=input, timeout_s=timeout_s)
+
+    def read_with_clock(self, path: str) -> Tuple[Optional[bytes], float]:
+        """A file's bytes (None when absent) and the box's clock, in one round trip."""
+        res = self.sh(READ_WITH_CLOCK, path)
+        body, sep, tail = res.out.rpartition(CLOCK_MARK)
+        if not sep:
+            raise RgtError(f"unexpected answer from {self.name} while reading {path}: {res.err.decode(errors='replace')[:200]}")
+        now = float(tail.decode().strip())
+        return (body if res.rc == 0 else None), now
+
+    def read_file(self, path: str) -> Optional[bytes]:
+        """A file's bytes, or None when absent."""
+        return self.read_with_clock(path)[0]
+
+    def write_file(self, path: str, data: bytes, mode: str = "600") -> None:
+        """Write through stdin (so secrets never reach argv), via a temp name and a rename."""
+        res = self.sh(WRITE_STDIN, path, mode, input=data)
+        if res.rc != 0:
+            raise RgtError(f"cannot write {path} on {self.name}: {res.err.decode(errors='replace').strip()[:300]}")
+
+    def exists(self, path: str) -> bool:
+        """True when ``path`` exists on the box."""
+        return self.run(["test", "-e", path]).rc == 0
+
+    def find_python(self, candidates: Sequence[str]) -> Tuple[str, str]:
+        """(path, version) of the first candidate that is Python 3.8+."""
+        res = self.sh(FIND_PYTHON, *candidates)
+        lines = res.out.decode().split()
+        if res.rc != 0 or len(lines) < 2:
+            raise RgtError(f"no Python 3.8+ on {self.name} (tried {', '.join(candidates)}); pass --python PATH")
+        return lines[0], lines[1]
+
+    def start_agent(self, run_dir: str, python: str, pyz: str, resume: bool = False) -> int:
+        """Start the agent detached (setsid, nohup); returns its pid."""
+        res = self.sh(DETACH, run_dir, python, pyz, "--resume" if resume else "")
+        try:
+            return int(res.out.decode().split()[-1])
+        except (IndexError, ValueError):
+            raise RgtError(f"could not start the agent on {self.name}: {res.err.decode(errors='replace')[:300]}") from None
+
+    def rsync(self, args: Sequence[str], timeout_s: Optional[float] = None) -> subprocess.CompletedProcess:
+        """Run the local rsync binary with this transport's remote shell."""
+        try:
+            return subprocess.run(["rsync", *self.rsync_args(), *args], capture_output=True,
+                                  timeout=timeout_s, check=False)
+        except FileNotFoundError:
+            raise RgtError("rsync is not installed on this machine: install it (apt-get install rsync)") from None

@@ -1,0 +1,86 @@
+"""The immutable launch spec (spec.json): written by the controller, read by the agent on the box."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from .errors import BadInput
+from .paths import validate_run_id
+
+SPEC_VERSION = 1
+
+DEFAULT_CKPT_GLOBS = ["*.pt", "*.pth", "*.ckpt", "*.safetensors", "checkpoint-*/"]
+
+
+@dataclass
+class RunSpec:
+    """Everything the agent needs to run, supervise and finish one run. Secret *values* never go here."""
+
+    run_id: str
+    command: List[str]
+    spec_version: int = SPEC_VERSION
+    created_at: float = 0.0
+    profile: str = "local"
+    python: Optional[str] = None  # the trainer's python, for checkpoint verification
+    env: Dict[str, str] = field(default_factory=dict)  # non-secret env for the trainer only
+    secret_names: List[str] = field(default_factory=list)
+    ckpt_dir: str = "ckpt"  # relative to the run dir, or absolute
+    ckpt_globs: List[str] = field(default_factory=lambda: list(DEFAULT_CKPT_GLOBS))
+    artifacts: List[str] = field(default_factory=list)
+    durable_dir: Optional[str] = None
+    keep_last: int = 3
+    allow_pickle: bool = False
+    tick_s: float = 2.0
+    max_restarts: int = 3
+    start_grace_s: float = 60.0
+    stop_timeout_s: float = 30.0
+    stall_after_s: Optional[float] = None  # None: max(600, 5x the longest step interval seen)
+    backoff_s: float = 5.0
+    backoff_max_s: float = 300.0
+    settle_s: float = 5.0
+    progress_patterns: Dict[str, str] = field(default_factory=dict)
+    completion_files: List[str] = field(default_factory=list)  # globs under code/ that prove success
+    log_max_bytes: int = 64 * 1024 * 1024
+    log_keep: int = 3
+    usd_per_hour: Optional[float] = None
+    extra: Dict[str, Any] = field(default_factory=dict)  # later features: stages, queue, notify...
+
+    def validate(self) -> "RunSpec":
+        """Raise BadInput for a spec that cannot run."""
+        validate_run_id(self.run_id)
+        if not self.command or not all(isinstance(a, str) for a in self.command):
+            raise BadInput("the spec has no command: give one after `--`")
+        if self.tick_s <= 0 or self.max_restarts < 0 or self.keep_last < 1:
+            raise BadInput("tick_s must be > 0, max_restarts >= 0 and keep_last >= 1")
+        return self
+
+    def to_json(self) -> bytes:
+        """Readable JSON."""
+        return (json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "RunSpec":
+        """Build from JSON, ignoring unknown keys (a newer controller's additions)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            spec = cls(**{k: v for k, v in d.items() if k in names})
+        except TypeError as e:
+            raise BadInput(f"spec.json is incomplete: {e}") from None
+        return spec.validate()
+
+    @classmethod
+    def load(cls, path: str) -> "RunSpec":
+        """Read spec.json; one-line BadInput when it is missing or malformed."""
+        try:
+            with open(path, "rb") as f:
+                d = json.loads(f.read().decode("utf-8"))
+        except FileNotFoundError:
+            raise BadInput(f"{path} does not exist: is this a run directory?") from None
+        except (UnicodeDecodeError, ValueError):
+            raise BadInput(f"{path} is not valid JSON") from None
+        if not isinstance(d, dict):
+            raise BadInput(f"{path} is not a JSON object")
+        return cls.from_dict(d)

@@ -1,0 +1,71 @@
+"""Shared test fixtures: real-part gating, polling waits, and reaping of every child a test leaves."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Callable, Optional
+
+import psutil
+import pytest
+
+REQUIRE_REAL = os.environ.get("RGT_REQUIRE_REAL") == "1"
+
+
+def require_real(available: bool, reason: str) -> None:
+    """Skip when a real part is missing; in CI (RGT_REQUIRE_REAL=1) that is a failure instead."""
+    if available:
+        return
+    if REQUIRE_REAL:
+        pytest.fail(f"real part unavailable with RGT_REQUIRE_REAL=1: {reason}")
+    pytest.skip(f"real part unavailable: {reason}")
+
+
+def wait_until(cond: Callable[[], object], timeout_s: float = 30.0, interval_s: float = 0.05,
+               what: Optional[str] = None) -> object:
+    """Poll ``cond`` until it returns a truthy value; fail the test with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what or cond}")
+        time.sleep(interval_s)
+
+
+def _descendants_and_strays(run_marker: str) -> list[psutil.Process]:
+    procs = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.pid == os.getpid():
+                continue
+            env = p.environ()
+        except (psutil.Error, OSError):
+            continue
+        if env.get("RGT_TEST_SESSION") == run_marker:
+            procs.append(p)
+    return procs
+
+
+@pytest.fixture(autouse=True)
+def reap_children():
+    """Kill every process this test started, including detached agents, waiters and trainers.
+
+    Children are found by a per-test marker in their environment (they inherit it even after setsid),
+    so nothing outside the test is ever touched.
+    """
+    marker = f"{os.getpid()}-{time.monotonic_ns()}"
+    os.environ["RGT_TEST_SESSION"] = marker
+    yield
+    os.environ.pop("RGT_TEST_SESSION", None)
+    me = psutil.Process()
+    strays = {p.pid: p for p in me.children(recursive=True)}
+    strays.update({p.pid: p for p in _descendants_and_strays(marker)})
+    for p in strays.values():
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
+    psutil.wait_procs(list(strays.values()), timeout=5)
