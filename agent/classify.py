@@ -52,7 +52,7 @@ class Verdict(NamedTuple):
         return POLICIES[self.failure].remediation if self.failure else None
 
 
-def _last(pattern: "re.Pattern[str]", tail: List[str]) -> Optional[str]:
+def _last(pattern: re.Pattern[str], tail: List[str]) -> Optional[str]:
     for line in reversed(tail):
         if pattern.search(line):
             return line.strip()[:300]

@@ -21,6 +21,7 @@ def _paths(run_dir: str) -> RunPaths:
 
 
 def cmd_daemon(a: argparse.Namespace) -> int:
+    """Supervise the run."""
     from . import daemon
 
     paths = _paths(a.run_dir)
@@ -41,18 +42,21 @@ def _reopen(paths: RunPaths) -> None:
 
 
 def cmd_waiter(a: argparse.Namespace) -> int:
+    """Start the trainer and record its end."""
     from . import waiter
 
     return waiter.main(_paths(a.run_dir), a.attempt, a.resume_from, a.lock_fd)
 
 
 def cmd_stop(a: argparse.Namespace) -> int:
+    """Stop the run."""
     from . import stop
 
     return stop.main(_paths(a.run_dir), a.reason, a.wait_s)
 
 
 def cmd_status(a: argparse.Namespace) -> int:
+    """Print status.json."""
     paths = _paths(a.run_dir)
     try:
         with open(paths.status, "rb") as f:
@@ -63,12 +67,14 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def cmd_manifest(a: argparse.Namespace) -> int:
+    """Build manifest.json."""
     from . import manifest
 
     return manifest.main(_paths(a.run_dir))
 
 
 def cmd_doctor(a: argparse.Namespace) -> int:
+    """Print the pre-flight audit as JSON."""
     from . import doctor
 
     report = doctor.run_doctor(a.run_dir)
@@ -77,6 +83,7 @@ def cmd_doctor(a: argparse.Namespace) -> int:
 
 
 def cmd_verify_ckpt(a: argparse.Namespace) -> int:
+    """Safe-load checkpoints."""
     from .ckpt import verify
 
     return verify.main(a.paths)

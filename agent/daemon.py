@@ -38,7 +38,7 @@ class LockHeld(Exception):
 
 
 def take_lock(paths: RunPaths) -> int:
-    """flock agent.lock for our life and write our pid; raise LockHeld naming the holder."""
+    """Flock agent.lock for our life and write our pid; raise LockHeld naming the holder."""
     fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -86,7 +86,7 @@ class Daemon:
         for sig, flag in ((signal.SIGCHLD, "child"), (signal.SIGUSR2, "wake"), (signal.SIGTERM, "term"),
                           (signal.SIGINT, "term"), (signal.SIGUSR1, "wake")):
             signal.signal(sig, lambda s, f, flag=flag: self.flags.__setitem__(flag, True))
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, lambda s, f: None)  # a handler, not SIG_IGN: children must not inherit it
         return r
 
     def _on_transition(self, old: RunState, new: RunState, reason: str) -> None:

@@ -8,8 +8,8 @@ import os
 import time
 from typing import Any, Dict, List, Optional, Set
 
-from rgt.shared.spec import RunSpec
 from rgt.shared.paths import RunPaths
+from rgt.shared.spec import RunSpec
 from rgt.shared.states import FailureClass, RunState
 from rgt.shared.status import Checkpoint, Cost, Progress, Sentinel, Status, Trainer
 
@@ -40,6 +40,8 @@ class StatusBuilder:
         self.new_incarnation = False
         self.gpu_fault: Optional[str] = None
         self.created_at = time.time()
+        self.trainer_cgroup: Optional[tuple] = None  # (dir, version) of the trainer's memory cgroup
+        self.oom_kills_before: Dict[str, Optional[int]] = {}
 
     # -- inputs ------------------------------------------------------------------------------------
     def poll_inputs(self, now_mono: float) -> None:
@@ -55,6 +57,34 @@ class StatusBuilder:
         if changed and self.sup is not None:
             self.sup.note_progress(now_mono)
         self._trainer_paused()
+        self._sample_trainer_memory()
+
+    def _sample_trainer_memory(self) -> None:
+        """Follow the trainer's memory cgroup (it may move itself) and note its oom_kill count at first sight."""
+        from .sentinels.cgroup import find_dir
+        from .sentinels.memory import read_memory
+
+        rec = read_record(self.paths.trainer_record)
+        if not rec or not procs.is_same_process(rec.get("pid"), rec.get("start_time")):
+            return
+        cg, version = find_dir("/proc", "/sys/fs/cgroup", "memory", "memory.usage_in_bytes|memory.current",
+                               pid=str(rec["pid"]))
+        if cg is None:
+            return
+        self.trainer_cgroup = (cg, version)
+        if cg not in self.oom_kills_before:
+            self.oom_kills_before[cg] = read_memory(cg_dir=cg, version=version)["oom_kills"]
+
+    def _memory_evidence(self) -> Dict[str, Optional[int]]:
+        from .sentinels.memory import read_memory
+
+        if self.trainer_cgroup is None:
+            return {}
+        cg, version = self.trainer_cgroup
+        r = read_memory(cg_dir=cg, version=version)
+        return {"oom_kills_before": self.oom_kills_before.get(cg), "oom_kills_after": r["oom_kills"],
+                "mem_peak_bytes": r["peak_bytes"],
+                "mem_limit_bytes": r["limit_bytes"] if r["limit_source"] == "cgroup" else None}
 
     def _trainer_paused(self) -> None:
         """A trainer stopped by SIGSTOP or frozen by the cgroup freezer is a pause, not progress."""
@@ -90,9 +120,11 @@ class StatusBuilder:
             start_grace_s=self.spec.start_grace_s, disk_free_bytes=disk[0] if disk else None,
             inodes_free=disk[1] if disk else None, nan_seen=self.logp.nan_seen, step=self.progress.step,
             gpu_fault=self.gpu_fault, new_incarnation=self.new_incarnation, stalled=stalled,
-            completion_ok=completion_ok,
+            completion_ok=completion_ok, **self._memory_evidence(),
         )
         self.new_incarnation = False
+        self.trainer_cgroup = None
+        self.oom_kills_before.clear()
         if ended.exit_code is None and ended.signal is None:
             return Verdict(FailureClass.CRASHED, "the waiter vanished without recording the exit (killed?)")
         return classify(ev)
@@ -145,7 +177,9 @@ class StatusBuilder:
     def _next_action(self, st: Status, state: RunState) -> str:
         p, rid = st.progress, self.spec.run_id
         if state == RunState.RUNNING:
-            where = f"step {p.step}" + (f" of {p.total_steps}" if p.total_steps else "") if p.step is not None else "no progress seen yet"
+            where = "no progress seen yet"
+            if p.step is not None:
+                where = f"step {p.step}" + (f" of {p.total_steps}" if p.total_steps else "")
             return f"training ({where}); watch with `rgt status {rid}`"
         if state == RunState.STARTING:
             return f"starting attempt {st.trainer.attempt}"

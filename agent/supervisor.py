@@ -30,7 +30,7 @@ class SupervisorSpec:
     tick_s: float = 2.0
 
     @classmethod
-    def from_run_spec(cls, spec: RunSpec) -> "SupervisorSpec":
+    def from_run_spec(cls, spec: RunSpec) -> SupervisorSpec:
         """Take the policy fields of a RunSpec."""
         return cls(spec.max_restarts, spec.start_grace_s, spec.backoff_s, spec.backoff_max_s,
                    spec.stop_timeout_s, spec.stall_after_s, spec.tick_s)

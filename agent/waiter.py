@@ -1,4 +1,4 @@
-"""The waiter on the box: starts the trainer in its own session, owns its output, writes exit.json; outlives the agent."""
+"""The waiter on the box: starts the trainer in its own session, owns its output, writes exit.json."""
 
 from __future__ import annotations
 
@@ -50,6 +50,10 @@ class RotatingLog:
         os.close(self.fd)
 
 
+def _ignore(signum: int, frame: object) -> None:
+    """Stay alive: only the trainer's end may end the waiter."""
+
+
 def _signal_name(num: int) -> str:
     try:
         return signal.Signals(num).name
@@ -61,11 +65,12 @@ def run(paths: RunPaths, argv: List[str], env: Dict[str, str], cwd: str, attempt
         log_max_bytes: int, log_keep: int) -> int:
     """Start the trainer, pump its output into the log, and record how it ended.
 
-    The waiter ignores SIGTERM/SIGINT/SIGHUP: it must stay to record the trainer's end; the trainer
-    gets its own signals from whoever sends them.
+    The waiter shrugs off SIGTERM/SIGINT/SIGHUP: it must stay to record the trainer's end; the trainer
+    gets its own signals from whoever sends them. A no-op handler rather than SIG_IGN, because an
+    ignored disposition would be inherited across exec and the trainer could not be stopped.
     """
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, _ignore)
     os.makedirs(paths.logs, exist_ok=True)
     log = RotatingLog(paths.trainer_log, log_max_bytes, log_keep)
     incarnation = procs.incarnation()

@@ -56,18 +56,20 @@ def ensure_pyz(transport: Transport, root: str) -> str:
         transport.run(["mkdir", "-p", f"{root}/agent"])
         res = transport.rsync(["-t", local_path, transport.rsync_target(remote)])
         if res.returncode != 0:
-            raise RgtError(f"copying the agent to {transport.name} failed: {res.stderr.decode(errors='replace').strip()[:300]}")
+            why = res.stderr.decode(errors="replace").strip()[:300]
+            raise RgtError(f"copying the agent to {transport.name} failed: {why}")
     return remote
 
 
 def sync_code(transport: Transport, code_dir: str, run_dir: str) -> None:
-    """rsync the project into the run's own code/ dir, honouring .gitignore and the fixed excludes."""
+    """Rsync the project into the run's own code/ dir, honouring .gitignore and the fixed excludes."""
     args = ["-a", "--delete", "--filter=:- .gitignore"]
     args += [f"--exclude={x}" for x in CODE_EXCLUDES]
     args += [code_dir.rstrip("/") + "/", transport.rsync_target(f"{run_dir}/code/")]
     res = transport.rsync(args)
     if res.returncode != 0:
-        raise RgtError(f"syncing the code to {transport.name} failed: {res.stderr.decode(errors='replace').strip()[:300]}")
+        why = res.stderr.decode(errors="replace").strip()[:300]
+        raise RgtError(f"syncing the code to {transport.name} failed: {why}")
 
 
 def wait_heartbeat(transport: Transport, rec: RunRecord, timeout_s: float, after_seq: int = 0,
@@ -93,7 +95,8 @@ def up(registry: Registry, transport: Transport, req: UpRequest) -> RunRecord:
     root = transport.root
     run_dir = f"{root}/runs/{spec.run_id}"
     if transport.exists(f"{run_dir}/spec.json"):
-        raise BadInput(f"run {spec.run_id} already exists on {transport.name}: pick another --run, or `rgt resume {spec.run_id}`")
+        raise BadInput(f"run {spec.run_id} already exists on {transport.name}: "
+                       f"pick another --run, or `rgt resume {spec.run_id}`")
     python = req.python or transport.find_python(req.python_candidates)[0]
     spec.python = spec.python or python
     res = transport.run(["mkdir", "-p", f"{run_dir}/code", f"{run_dir}/logs"])

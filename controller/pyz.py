@@ -21,7 +21,7 @@ VENDOR_PINS = ("msgpack==1.1.1", "watchdog==4.0.2", "nvidia-ml-py==13.615.71")
 VENDOR_TOP = ("msgpack", "watchdog", "pynvml.py")
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 
-MAIN = b'''"""rgt agent archive: run with `python3 -I <sha12>.pyz {daemon,waiter,stop,status,manifest,doctor} RUN_DIR`."""
+MAIN = b'''"""rgt agent archive: `python3 -I <sha12>.pyz {daemon,waiter,stop,status,manifest,doctor} RUN_DIR`."""
 import os
 import sys
 

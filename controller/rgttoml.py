@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from typing import Any, Dict
 
+import tomllib
 from rgt.shared.errors import BadInput
 
 RUN_KEYS = {

@@ -75,7 +75,7 @@ class Manifest:
     created_at: float = 0.0
     schema: str = SCHEMA
 
-    def validate(self) -> "Manifest":
+    def validate(self) -> Manifest:
         """Refuse an empty roster, duplicates, unsafe paths, unknown kinds and bad hashes."""
         if self.schema != SCHEMA:
             raise ManifestError(f"manifest schema {self.schema!r} is not {SCHEMA!r}")
@@ -118,7 +118,7 @@ class Manifest:
         return [e for e in self.entries if not e.pruned]
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "Manifest":
+    def from_dict(cls, d: Dict[str, Any]) -> Manifest:
         """Parse and validate; raises ManifestError on anything malformed."""
         if not isinstance(d, dict) or not isinstance(d.get("entries"), list):
             raise ManifestError("manifest is not an object with an entries list")
@@ -133,7 +133,7 @@ class Manifest:
         return m.validate()
 
     @classmethod
-    def from_bytes(cls, raw: bytes, source: str = "manifest.json") -> "Manifest":
+    def from_bytes(cls, raw: bytes, source: str = "manifest.json") -> Manifest:
         """Parse manifest bytes; a truncated file is a one-line ManifestError."""
         try:
             d = json.loads(raw.decode("utf-8"))
@@ -165,10 +165,8 @@ def build_manifest(
         if not stat.S_ISREG(st.st_mode):
             raise ManifestError(f"{rel!r} is not a regular file")
         prior = (known or {}).get(rel)
-        if prior is not None and prior[:2] == (st.st_size, st.st_mtime_ns):
-            digest = prior[2]
-        else:
-            digest = sha256_file(full)
+        fresh = prior is not None and prior[:2] == (st.st_size, st.st_mtime_ns)
+        digest = prior[2] if fresh else sha256_file(full)
         entries.append(Entry(rel, st.st_size, digest, kind))
     for rel, e in (pruned or {}).items():
         if all(x.path != rel for x in entries):

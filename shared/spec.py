@@ -48,7 +48,7 @@ class RunSpec:
     usd_per_hour: Optional[float] = None
     extra: Dict[str, Any] = field(default_factory=dict)  # later features: stages, queue, notify...
 
-    def validate(self) -> "RunSpec":
+    def validate(self) -> RunSpec:
         """Raise BadInput for a spec that cannot run."""
         validate_run_id(self.run_id)
         if not self.command or not all(isinstance(a, str) for a in self.command):
@@ -62,7 +62,7 @@ class RunSpec:
         return (json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True) + "\n").encode("utf-8")
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "RunSpec":
+    def from_dict(cls, d: Dict[str, Any]) -> RunSpec:
         """Build from JSON, ignoring unknown keys (a newer controller's additions)."""
         names = {f.name for f in dataclasses.fields(cls)}
         try:
@@ -72,7 +72,7 @@ class RunSpec:
         return spec.validate()
 
     @classmethod
-    def load(cls, path: str) -> "RunSpec":
+    def load(cls, path: str) -> RunSpec:
         """Read spec.json; one-line BadInput when it is missing or malformed."""
         try:
             with open(path, "rb") as f:

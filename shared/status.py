@@ -163,7 +163,7 @@ class Status:
         return json.dumps(_finite(self.to_dict()), separators=(",", ":"), sort_keys=True).encode("utf-8")
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "Status":
+    def from_dict(cls, d: Dict[str, Any]) -> Status:
         """Build from parsed JSON, ignoring fields added by a newer agent of the same schema."""
         trainer = dict(d.get("trainer") or {})
         lf = trainer.get("last_failure")

@@ -69,3 +69,20 @@ def reap_children():
         except psutil.Error:
             pass
     psutil.wait_procs(list(strays.values()), timeout=5)
+
+
+@pytest.fixture(scope="session")
+def pyz(tmp_path_factory) -> str:
+    """The agent archive, built once per session the way the controller builds it."""
+    from rgt.controller import pyz as builder
+
+    path, _ = builder.build(str(tmp_path_factory.mktemp("pyz")))
+    return path
+
+
+@pytest.fixture
+def env(tmp_path):
+    """An isolated controller state dir, local box root and project dir."""
+    from tests.helpers import Env
+
+    return Env(tmp_path)

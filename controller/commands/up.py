@@ -7,7 +7,6 @@ import time
 from typing import Optional, Tuple
 
 import click
-
 from rgt.shared.errors import BadInput
 from rgt.shared.paths import generate_run_id, validate_run_id
 from rgt.shared.spec import RunSpec
@@ -31,7 +30,8 @@ def _default_name(command: Tuple[str, ...]) -> str:
 @click.option("--artifacts", multiple=True, help="Glob under the code dir to pull at the end (repeatable).")
 @click.option("--secret", "secrets", multiple=True, help="Env var NAME whose value goes to the box by stdin.")
 @click.option("--python", default=None, help="Python on the box for the agent (default: probe python3, python).")
-@click.option("--code", "code_dir", default=".", type=click.Path(file_okay=False, exists=True), help="Project dir to sync.")
+@click.option("--code", "code_dir", default=".", type=click.Path(file_okay=False, exists=True),
+              help="Project dir to sync.")
 @click.option("--tick-s", type=float, default=None, help="Agent tick (default 2 s).")
 @click.option("--max-restarts", type=int, default=None)
 @click.option("--stall-after-s", type=float, default=None)
@@ -65,9 +65,9 @@ def cli(app, host, profile, run_id, ckpt_dir, artifacts, secrets, python, code_d
         app.data({"spec": _public(spec), "secrets": {n: "***" for n in values}, "host": host})
         return
     transport = app.transport_for(host, port, ssh_config)
-    req = launch.UpRequest(host=host, spec=spec, code_dir=os.path.abspath(code_dir), python=python or toml.get("python"),
-                           secret_values=values, heartbeat_timeout_s=heartbeat_timeout_s, port=port,
-                           ssh_config=ssh_config)
+    req = launch.UpRequest(host=host, spec=spec, code_dir=os.path.abspath(code_dir),
+                           python=python or toml.get("python"), secret_values=values,
+                           heartbeat_timeout_s=heartbeat_timeout_s, port=port, ssh_config=ssh_config)
     rec = launch.up(app.registry, transport, req)
     if as_json:
         app.data({"run_id": rec.run_id, "host": rec.host, "run_dir": rec.run_dir})

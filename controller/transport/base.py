@@ -9,7 +9,10 @@ from rgt.shared.errors import RgtError
 
 # Box-side snippets take their data as positional args ("$1"...), never pasted into the script.
 READ_WITH_CLOCK = 'cat -- "$1" 2>/dev/null; rc=$?; printf "\\n@@rgt-now %s\\n" "$(date +%s.%N)"; exit $rc'
-WRITE_STDIN = 'umask 077; mkdir -p -- "$(dirname -- "$1")" && cat > "$1.rgt-tmp" && chmod "$2" "$1.rgt-tmp" && mv -f -- "$1.rgt-tmp" "$1"'
+WRITE_STDIN = (
+    'umask 077; mkdir -p -- "$(dirname -- "$1")" && cat > "$1.rgt-tmp" && chmod "$2" "$1.rgt-tmp" '
+    '&& mv -f -- "$1.rgt-tmp" "$1"'
+)
 DETACH = (
     'cd -- "$1" && mkdir -p logs && setsid nohup "$2" -I "$3" daemon "$1" $4 >>"$1/logs/agent.out" 2>&1 '
     '</dev/null & echo $!'
@@ -67,7 +70,8 @@ class Transport:
         res = self.sh(READ_WITH_CLOCK, path)
         body, sep, tail = res.out.rpartition(CLOCK_MARK)
         if not sep:
-            raise RgtError(f"unexpected answer from {self.name} while reading {path}: {res.err.decode(errors='replace')[:200]}")
+            why = res.err.decode(errors="replace")[:200]
+            raise RgtError(f"unexpected answer from {self.name} while reading {path}: {why}")
         now = float(tail.decode().strip())
         return (body if res.rc == 0 else None), now
 
@@ -99,7 +103,8 @@ class Transport:
         try:
             return int(res.out.decode().split()[-1])
         except (IndexError, ValueError):
-            raise RgtError(f"could not start the agent on {self.name}: {res.err.decode(errors='replace')[:300]}") from None
+            why = res.err.decode(errors="replace")[:300]
+            raise RgtError(f"could not start the agent on {self.name}: {why}") from None
 
     def rsync(self, args: Sequence[str], timeout_s: Optional[float] = None) -> subprocess.CompletedProcess:
         """Run the local rsync binary with this transport's remote shell."""
