@@ -77,8 +77,22 @@ def cmd_doctor(a: argparse.Namespace) -> int:
     """Print the pre-flight audit as JSON."""
     from . import doctor
 
-    report = doctor.run_doctor(a.run_dir)
-    print(json.dumps(report))
+    dirs = {"run": a.run_dir}
+    python = sys.executable
+    if os.path.isfile(os.path.join(a.run_dir, "spec.json")):
+        from rgt.shared.spec import RunSpec
+
+        from .launch import ckpt_dir
+
+        spec = RunSpec.load(os.path.join(a.run_dir, "spec.json"))
+        paths = RunPaths(os.path.abspath(a.run_dir))
+        dirs["ckpt"] = ckpt_dir(spec, paths)
+        if spec.durable_dir:
+            dirs["durable"] = spec.durable_dir
+        if spec.env.get("HF_HOME"):
+            dirs["hf_cache"] = spec.env["HF_HOME"]
+        python = spec.python or python
+    print(json.dumps(doctor.run_doctor(dirs, python=a.python or python)))
     return 0
 
 
@@ -116,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(fn=cmd_manifest)
     dr = sub.add_parser("doctor", help="pre-flight audit of this box, as JSON")
     dr.add_argument("run_dir", nargs="?", default=".")
+    dr.add_argument("--python", help="the trainer's python, whose torch is probed")
     dr.set_defaults(fn=cmd_doctor)
     v = sub.add_parser("verify-ckpt", help="(internal) safe-load checkpoints, one JSON line each")
     v.add_argument("paths", nargs="+")

@@ -68,7 +68,23 @@ class Daemon:
             on_retry=self.builder.on_retry,
         )
         self.builder.sup = self.sup
+        self.builder.sentinels = self._build_sentinels()
         self.last_tick: Optional[float] = None
+
+    def _build_sentinels(self):
+        from .sentinels import build_sentinels
+
+        dirs = {"run": self.paths.root, "ckpt": launch.ckpt_dir(self.spec, self.paths)}
+        if self.spec.durable_dir:
+            dirs["durable"] = self.spec.durable_dir
+        hf = self.spec.env.get("HF_HOME")
+        if hf:
+            dirs["hf_cache"] = hf
+        return build_sentinels(dirs, own_pids=self._tracked_pids, log=log)
+
+    def _tracked_pids(self) -> List[int]:
+        rec = read_record(self.paths.trainer_record) or {}
+        return [p for p in (rec.get("waiter_pid"), rec.get("pid")) if p]
 
     def _previous_status(self) -> Optional[Status]:
         try:
@@ -135,6 +151,11 @@ class Daemon:
         self.finish()
         return 0
 
+    def close(self) -> None:
+        """Release NVML and files."""
+        self.builder.sentinels.close()
+        os.close(self.agent_log_fd)
+
     def _wait(self, wake_fd: int) -> None:
         timeout = self.spec.tick_s
         if self.sup.kill_at is not None:
@@ -162,6 +183,7 @@ class Daemon:
             req = read_record(self.paths.stop_request) or {}
             self.sup.request_stop(req.get("reason") or "stop requested")
         self.builder.poll_inputs(now)
+        self.builder.on_alerts(self.builder.sentinels.tick(now))
         self.sup.step()
         if self.sup.last_end is not None and self.sup.last_end.attempt not in self.builder.ended_attempts:
             self.builder.ended_attempts.add(self.sup.last_end.attempt)
@@ -213,8 +235,10 @@ def main(paths: RunPaths) -> int:
     if marker:
         print(f"rgt agent: run {spec.run_id} already ended ({marker}); nothing to do")
         return 0
+    daemon = Daemon(paths, spec)
     try:
-        return Daemon(paths, spec).run()
+        return daemon.run()
     finally:
+        daemon.close()
         os.close(lock_fd)
         sys.stdout.flush()

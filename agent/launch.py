@@ -46,15 +46,17 @@ def helper_dir(paths: RunPaths) -> str:
 
 
 def trainer_env(spec: RunSpec, paths: RunPaths, attempt: int, resume_from: Optional[str],
-                base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
-    """The trainer's environment: the agent's, the spec's plain vars, platform setup, secrets, RGT_*."""
-    env = dict(os.environ if base is None else base)
-    env.update(spec.env)
-    recipe = spec.extra.get("platform_env")
-    if recipe:
-        from . import platform_env
+                base: Optional[Mapping[str, str]] = None, stage: Optional[str] = None,
+                notes: Optional[List[str]] = None) -> Dict[str, str]:
+    """The trainer's environment: the agent's, the spec's plain vars, platform setup, secrets, RGT_*.
 
-        env.update(platform_env.trainer_env_from_recipe(recipe))
+    Platform setup (proxy, mirrors, caches, thread caps) goes here only, never into the agent's env.
+    """
+    from . import platform_env
+
+    env = platform_env.trainer_env(spec.env, spec.extra.get("platform_env") or {},
+                                   base_env=os.environ if base is None else base, stage=stage,
+                                   python=spec.python, notes=notes)
     env.update(load_secrets(paths.secrets))
     status_dir = helper_dir(paths)
     os.makedirs(status_dir, exist_ok=True)
@@ -67,6 +69,8 @@ def trainer_env(spec: RunSpec, paths: RunPaths, attempt: int, resume_from: Optio
         "RGT_AGENT_TAG": agent_tag(paths, attempt),
         "PYTHONUNBUFFERED": "1",
     })
+    if spec.extra.get("mtbf_s"):
+        env["RGT_MTBF_S"] = str(spec.extra["mtbf_s"])
     if spec.extra.get("save_every_s"):
         env["RGT_SAVE_EVERY_S"] = str(spec.extra["save_every_s"])
     if resume_from:

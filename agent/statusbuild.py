@@ -40,6 +40,7 @@ class StatusBuilder:
         self.new_incarnation = False
         self.gpu_fault: Optional[str] = None
         self.created_at = time.time()
+        self.notifier: Any = None  # Notifier, when the spec asks for webhooks
         self.trainer_cgroup: Optional[tuple] = None  # (dir, version) of the trainer's memory cgroup
         self.oom_kills_before: Dict[str, Optional[int]] = {}
 
@@ -98,6 +99,23 @@ class StatusBuilder:
                 self.sup.last_progress = time.monotonic()  # a pause is not a stall
         elif self.alerts.get("pause") and "trainer" in (self.alerts["pause"].message or ""):
             del self.alerts["pause"]
+
+    def on_alerts(self, alerts: List[Any]) -> None:
+        """Act on what the sentinels report: the agent decides, the sentinels only tell."""
+        fault = next((a for a in alerts if a.code == "gpu_fault"), None)
+        self.gpu_fault = fault.message if fault is not None else None
+        sup = self.sup
+        if fault is not None and sup is not None and sup.state == RunState.RUNNING and sup.kill_at is None:
+            # A dead GPU will not recover under this trainer: end it now, the classifier says why.
+            sup.journal.append("gpu_fault", evidence=fault.message)
+            sup.runner.signal_stop(kill=False)
+            sup.kill_at = sup.clock() + sup.sspec.stop_timeout_s
+        prune = [a for a in alerts if a.code == "prune_request"]
+        if prune and self.pipeline is not None:
+            self.pipeline.prune(prune[0].message or "disk critical")
+        for a in alerts:
+            if a.level == "critical" and self.notifier is not None:
+                self.notifier.critical(a)
 
     def note_pause(self, gap_s: float) -> None:
         """The agent itself was frozen or suspended: ticks were missing for ``gap_s``."""

@@ -16,7 +16,9 @@ from rgt.shared.errors import RgtError
 # `rgt status` pays only for what it runs.
 COMMANDS = {
     "up": "up", "status": "status", "wait": "wait", "logs": "logs", "stop": "stop", "runs": "runs",
-    "resume": "resume", "events": "events", "demo": "demo",
+    "resume": "resume", "events": "events", "demo": "demo", "doctor": "doctor",
+    "profile": "profile",
+    "attach": "attach",
 }
 
 

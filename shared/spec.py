@@ -46,16 +46,41 @@ class RunSpec:
     log_max_bytes: int = 64 * 1024 * 1024
     log_keep: int = 3
     usd_per_hour: Optional[float] = None
-    extra: Dict[str, Any] = field(default_factory=dict)  # later features: stages, queue, notify...
+    # Queues and stages: each cell {"name", "command": [argv], "kind": "queue"|"stage", "timeout_s"}.
+    cells: List[Dict[str, Any]] = field(default_factory=list)
+    from_cell: int = 1  # 1-based: start at the N-th real cell
+    # Disk gate before every cell: free bytes floor and inode-use ceiling on the run and ckpt dirs.
+    min_free_bytes: Optional[int] = None  # None: ckpt_size_bytes * keep_last + scratch_bytes
+    ckpt_size_bytes: int = 0
+    scratch_bytes: int = 256 * 1024 * 1024
+    max_inode_frac: float = 0.95
+    gpus: Optional[List[int]] = None  # CUDA_VISIBLE_DEVICES for this run, leased on the box
+    share_gpu: bool = False
+    notify: Dict[str, Any] = field(default_factory=dict)  # {"webhook_secret": NAME, "format": "slack"}
+    extra: Dict[str, Any] = field(default_factory=dict)  # platform env recipe, save cadence, ...
 
     def validate(self) -> RunSpec:
         """Raise BadInput for a spec that cannot run."""
         validate_run_id(self.run_id)
-        if not self.command or not all(isinstance(a, str) for a in self.command):
+        if not (self.command or self.cells) or not all(isinstance(a, str) for a in self.command):
             raise BadInput("the spec has no command: give one after `--`")
         if self.tick_s <= 0 or self.max_restarts < 0 or self.keep_last < 1:
             raise BadInput("tick_s must be > 0, max_restarts >= 0 and keep_last >= 1")
+        names = [c.get("name") for c in self.cells]
+        if len(set(names)) != len(names):
+            raise BadInput("cell names must be unique")
+        for c in self.cells:
+            if not c.get("command") or not all(isinstance(a, str) for a in c["command"]):
+                raise BadInput(f"cell {c.get('name')!r} has no command")
+        if self.cells and not 1 <= self.from_cell <= len(self.cells):
+            raise BadInput(f"--from {self.from_cell} is outside the {len(self.cells)} cells")
         return self
+
+    def disk_floor_bytes(self) -> int:
+        """The free-space floor of the disk gate."""
+        if self.min_free_bytes is not None:
+            return self.min_free_bytes
+        return self.ckpt_size_bytes * self.keep_last + self.scratch_bytes
 
     def to_json(self) -> bytes:
         """Readable JSON."""

@@ -39,13 +39,14 @@ def _default_name(command: Tuple[str, ...]) -> str:
 @click.option("--usd-per-hour", type=float, default=None)
 @click.option("--heartbeat-timeout-s", type=float, default=60.0, show_default=True)
 @click.option("--dry-run", is_flag=True, help="Show the spec and environment; run nothing.")
+@click.option("--brief", is_flag=True, help="Show the platform briefing again, even for a host seen before.")
 @ssh_options
 @json_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
 def cli(app, host, profile, run_id, ckpt_dir, artifacts, secrets, python, code_dir, tick_s, max_restarts,
-        stall_after_s, start_grace_s, usd_per_hour, heartbeat_timeout_s, dry_run, port, ssh_config, as_json,
-        command) -> None:
+        stall_after_s, start_grace_s, usd_per_hour, heartbeat_timeout_s, dry_run, brief, port, ssh_config,
+        as_json, command) -> None:
     """Start CMD (given after `--`) on HOST, or on this machine with `local`."""
     from rgt.controller import launch, rgttoml
 
@@ -61,18 +62,48 @@ def cli(app, host, profile, run_id, ckpt_dir, artifacts, secrets, python, code_d
     names = list(secrets) or list(toml.get("secrets") or [])
     spec.secret_names = names
     values = launch.collect_secrets(names)
+    profile = _apply_profile(app, spec, host, brief)
     if dry_run:
-        app.data({"spec": _public(spec), "secrets": {n: "***" for n in values}, "host": host})
+        app.data({"spec": _public(spec), "secrets": {n: "***" for n in values}, "host": host,
+                  "trainer_env": dict(spec.env), "platform_env": spec.extra.get("platform_env", {})})
         return
     transport = app.transport_for(host, port, ssh_config)
+    if host != "local" and profile.fast_dir and transport.exists(profile.fast_dir):
+        transport = app.transport_for(host, port, ssh_config, root=f"{profile.fast_dir}/.rgt")
     req = launch.UpRequest(host=host, spec=spec, code_dir=os.path.abspath(code_dir),
                            python=python or toml.get("python"), secret_values=values,
+                           python_candidates=list(profile.python) or ["python3", "python"],
                            heartbeat_timeout_s=heartbeat_timeout_s, port=port, ssh_config=ssh_config)
     rec = launch.up(app.registry, transport, req)
     if as_json:
         app.data({"run_id": rec.run_id, "host": rec.host, "run_dir": rec.run_dir})
     app.info(f"run {rec.run_id} is up on {rec.host} ({rec.run_dir})")
     app.info(f"  rgt status {rec.run_id}   rgt logs -f {rec.run_id}   rgt stop {rec.run_id}")
+
+
+def _apply_profile(app, spec: RunSpec, host: str, brief: bool):
+    """Facts from the platform profile into the spec; the briefing is printed before anything runs."""
+    from rgt.controller.briefing import briefing_once, danger_summary
+    from rgt.controller.envrecipe import apply_recipe, env_recipe
+    from rgt.controller.profiles import load_profile
+
+    profile = load_profile(spec.profile)
+    text = briefing_once(profile, host, force=brief) or (danger_summary(profile) if profile.danger_clocks else None)
+    if text:
+        app.info(text)
+    recipe = env_recipe(profile)
+    apply_recipe(spec, recipe)
+    for note in recipe.notes:
+        app.info(f"note: {note}")
+    durable = profile.durable_dir
+    if spec.durable_dir is None and durable and "<" not in durable and host != "local":
+        spec.durable_dir = durable
+    spec.stop_timeout_s = profile.stop_grace_s
+    if spec.usd_per_hour is None:
+        spec.usd_per_hour = profile.defaults.usd_per_hour
+    if profile.defaults.mtbf_s:
+        spec.extra.setdefault("mtbf_s", profile.defaults.mtbf_s)
+    return profile
 
 
 def _merge(spec: RunSpec, toml: dict, **flags: Optional[object]) -> None:

@@ -106,6 +106,14 @@ class Transport:
             why = res.err.decode(errors="replace")[:300]
             raise RgtError(f"could not start the agent on {self.name}: {why}") from None
 
+    def run_agent(self, args: Sequence[str], timeout_s: Optional[float] = 300.0,
+                  python: Optional[str] = None) -> BoxResult:
+        """Run the agent archive on the box (copied there first if that hash is absent)."""
+        from rgt.controller.launch import ensure_pyz
+
+        python = python or self.find_python(["python3", "python"])[0]
+        return self.run([python, "-I", ensure_pyz(self, self.root), *args], timeout_s=timeout_s)
+
     def rsync(self, args: Sequence[str], timeout_s: Optional[float] = None) -> subprocess.CompletedProcess:
         """Run the local rsync binary with this transport's remote shell."""
         try:
