@@ -7,6 +7,7 @@ import sys
 from typing import Any, Dict, Optional
 
 import click
+
 from rgt.shared.errors import BadInput
 from rgt.shared.paths import validate_run_id
 

@@ -7,6 +7,7 @@ import re
 from typing import Any, Dict
 
 import tomllib
+
 from rgt.shared.errors import BadInput
 
 RUN_KEYS = {

@@ -4,8 +4,8 @@ import signal
 import subprocess
 
 import pytest
-from rgt.agent import procs
 
+from rgt.agent import procs
 from tests.conftest import require_real, wait_until
 from tests.helpers import agent_argv, make_run_dir, python_versions
 

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+
 from rgt.shared.status import SCHEMA_VERSION
 
 

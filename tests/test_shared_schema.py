@@ -3,6 +3,7 @@ import os
 import subprocess
 
 import pytest
+
 from rgt.shared.atomic import atomic_write
 from rgt.shared.errors import BadInput
 from rgt.shared.journal import Journal, read_journal
@@ -10,7 +11,6 @@ from rgt.shared.manifest import Entry, Manifest, ManifestError, build_manifest
 from rgt.shared.paths import generate_run_id, validate_run_id
 from rgt.shared.states import IllegalTransition, RunState, check_transition
 from rgt.shared.status import SCHEMA_VERSION, Status, StatusError, parse_status
-
 from tests.conftest import require_real
 
 

@@ -7,6 +7,7 @@ import time
 from typing import Optional, Tuple
 
 import click
+
 from rgt.shared.errors import BadInput
 from rgt.shared.paths import generate_run_id, validate_run_id
 from rgt.shared.spec import RunSpec
