@@ -10,6 +10,7 @@ import sys
 from typing import Optional
 
 import click
+
 from rgt.shared.errors import RgtError
 
 # name -> module under rgt.controller.commands; each module exposes `cli`. Imported on use, so that
