@@ -45,7 +45,7 @@ def cmd_waiter(a: argparse.Namespace) -> int:
     """Start the trainer and record its end."""
     from . import waiter
 
-    return waiter.main(_paths(a.run_dir), a.attempt, a.resume_from, a.lock_fd)
+    return waiter.main(_paths(a.run_dir), a.attempt, a.resume_from, a.lock_fd, a.cell)
 
 
 def cmd_stop(a: argparse.Namespace) -> int:
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--attempt", type=int, required=True)
     w.add_argument("--resume-from")
     w.add_argument("--lock-fd", type=int)
+    w.add_argument("--cell", type=int, help="the queue cell or stage to run (1-based)")
     w.set_defaults(fn=cmd_waiter)
     s = sub.add_parser("stop", help="stop the run: SIGTERM, grace deadline, SIGKILL")
     s.add_argument("run_dir")

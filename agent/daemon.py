@@ -9,19 +9,20 @@ import select
 import signal
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from rgt.shared.atomic import atomic_write, atomic_write_json
 from rgt.shared.journal import Journal, read_journal
 from rgt.shared.paths import RunPaths
 from rgt.shared.spec import RunSpec
-from rgt.shared.states import RunState
-from rgt.shared.status import Status, parse_status
+from rgt.shared.states import POLICIES, FailureClass, RunState
+from rgt.shared.status import LastFailure, Status, parse_status
 
 from . import launch, procs
+from .cells import CellBook, acquire_gpu_leases, cell_dir, disk_gate
 from .runner import WaiterRunner, read_record
 from .statusbuild import StatusBuilder
-from .supervisor import Supervisor, SupervisorSpec
+from .supervisor import LaunchRefused, Supervisor, SupervisorSpec
 
 MARKER_OF = {RunState.SUCCEEDED: "DONE", RunState.FAILED: "FAILED", RunState.STOPPED: "STOPPED"}
 log = logging.getLogger("rgt.agent")
@@ -61,15 +62,37 @@ class Daemon:
         self.flags: Dict[str, bool] = {}
         self.agent_log_fd = os.open(paths.agent_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.runner = WaiterRunner(paths, self.agent_log_fd)
+        if spec.gpus:
+            box_root = os.path.dirname(os.path.dirname(paths.root))
+            self.runner.lease_factory = lambda: acquire_gpu_leases(box_root, spec.gpus, spec.run_id, spec.share_gpu)
         self.builder = StatusBuilder(paths, spec, agent_version(), self.incarnation, self._previous_status())
-        self.sup = Supervisor(
-            SupervisorSpec.from_run_spec(spec), self.runner, self.journal, self.builder.judge,
-            resume_from=self.builder.resume_from, on_transition=self._on_transition,
-            on_retry=self.builder.on_retry,
-        )
-        self.builder.sup = self.sup
+        self.book = CellBook(paths, spec) if spec.cells else None
+        self.builder.book = self.book
+        self.cell: Optional[Dict[str, Any]] = None
+        self.final: Optional[Tuple[RunState, str]] = None
+        self.sup = self._new_supervisor(None, 0)
         self.builder.sentinels = self._build_sentinels()
+        self.builder.notifier = self._build_notifier()
         self.last_tick: Optional[float] = None
+
+    def _new_supervisor(self, cell: Optional[Dict[str, Any]], attempt: int) -> Supervisor:
+        """One state machine per cell (or one for a plain run); attempts count on across cells."""
+        sspec = SupervisorSpec.from_run_spec(self.spec)
+        if cell is not None:
+            sspec.attempt_timeout_s = self.spec.cells[cell["index"] - 1].get("timeout_s")
+        sup = Supervisor(sspec, self.runner, self.journal, self.builder.judge,
+                         resume_from=self.builder.resume_from, on_transition=self._on_transition,
+                         on_retry=self.builder.on_retry)
+        sup.attempt = attempt
+        self.sup = self.builder.sup = sup
+        return sup
+
+    def _build_notifier(self):
+        if not self.spec.notify:
+            return None
+        from .notify import Notifier
+
+        return Notifier(self.spec, self.paths, self.journal, log)
 
     def _build_sentinels(self):
         from .sentinels import build_sentinels
@@ -117,19 +140,92 @@ class Daemon:
         """Decide between adopting a live trainer, finishing an ended attempt, and a fresh launch."""
         rec = read_record(self.paths.trainer_record)
         prev = self.builder.previous
-        restarts = prev.trainer.restarts if prev else 0
-        if rec is None:
-            self.sup.launch("first start")  # UNKNOWN -> STARTING
+        restarts = prev.trainer.restarts if prev and prev.state != "succeeded" else 0
+        attempt = int(rec.get("attempt") or 0) if rec else 0
+        if self.book is not None:
+            self.cell = self.book.next_pending()
+            if self.cell is None:
+                self._conclude()
+                return
+            self._new_supervisor(self.cell, attempt)
+            if rec is None or rec.get("cell") != self.cell["index"]:
+                self._launch("first start of this cell" if rec else "first start")
+                return
+        elif rec is None:
+            self._launch("first start")
             return
-        attempt = int(rec.get("attempt") or 0)
         self.runner.adopt(attempt)
         if attempt in self._consumed_attempts():
-            self.sup.attempt, self.sup.restarts = attempt, restarts
-            self.sup.launch(f"agent restarted after attempt {attempt} ended; resuming")
+            self.sup.restarts = restarts
+            self._launch(f"agent restarted after attempt {attempt} ended; resuming")
             return
         if rec.get("incarnation") != self.incarnation:
             self.builder.new_incarnation = True
         self.sup.adopt(attempt, restarts, f"agent restarted; adopting attempt {attempt} (trainer pid {rec.get('pid')})")
+
+    def _launch(self, reason: str) -> None:
+        """The disk gate, then the next attempt of the current cell (or of the plain run)."""
+        dirs = [self.paths.root, launch.ckpt_dir(self.spec, self.paths)]
+        if self.cell is not None:
+            dirs.append(os.path.dirname(cell_dir(self.paths, self.cell)))
+        refusal = disk_gate(self.spec, [d for d in dirs if os.path.isdir(d)]).refusal
+        if refusal is None:
+            try:
+                self.runner.ensure_leases()  # before the first status write, so `rgt up` sees a refusal
+            except LaunchRefused as e:
+                self.sup.last_failure = LastFailure(None, str(e), None, time.time())
+                self.sup.transition(RunState.FAILED, f"refused before start: {e}")  # UNKNOWN -> FAILED
+                return
+        if refusal:
+            fc = FailureClass.DISK_GATE_ABORT
+            self.sup.last_failure = LastFailure(fc.value, refusal, POLICIES[fc].remediation, time.time())
+            self.sup.transition(RunState.FAILED, f"{fc.value}: {refusal}")  # UNKNOWN -> FAILED
+            return
+        self.runner.cell = self.cell["index"] if self.cell else None
+        if self.book is not None and self.cell is not None:
+            self.book.set(self.cell["index"], state="running")
+        self.sup.launch(reason)  # UNKNOWN -> STARTING
+
+    def _after_supervisor(self) -> None:
+        """A cell (or the plain run) reached a terminal state: record it, then next cell or the end."""
+        sup, state = self.sup, self.sup.state
+        if self.book is None or self.cell is None:
+            self.final = (state, sup.final_reason)
+            return
+        lf = sup.last_failure
+        index, name = self.cell["index"], self.cell["name"]
+        self.book.set(index, state=state.value, exit_code=sup.last_end.exit_code if sup.last_end else None,
+                      failure_class=lf.class_ if lf is not None and state == RunState.FAILED else None)
+        if state == RunState.STOPPED:
+            self.final = (state, f"stopped in cell {index} ({name}): {sup.final_reason}")
+            return
+        stage = self.spec.cells[index - 1].get("kind") == "stage"
+        gated = lf is not None and lf.class_ == FailureClass.DISK_GATE_ABORT.value and state == RunState.FAILED
+        if state == RunState.FAILED and (stage or gated):
+            for c in self.book.cells:
+                if c["state"] in ("pending", "running"):
+                    self.book.set(c["index"], state="skipped")
+            self._conclude()
+            return
+        self.cell = self.book.next_pending()
+        if self.cell is None:
+            self._conclude()
+            return
+        self._new_supervisor(self.cell, sup.attempt)
+        self._launch(f"cell {index} ({name}) ended {state.value}; next cell")
+
+    def _conclude(self) -> None:
+        """The run's own end once every cell is done: failed if any cell failed, never "done" over failures."""
+        assert self.book is not None
+        failed = self.book.failed()
+        if failed:
+            names = ", ".join(f"{c['index']} ({c['name']}: {c['failure_class']})" for c in failed)
+            self.final = (RunState.FAILED, f"failed cells: {names}")
+        else:
+            ran = [c for c in self.book.cells if c["state"] == "succeeded"]
+            self.final = (RunState.SUCCEEDED, f"all {len(ran)} cells succeeded")
+        self.builder.final_state = self.final[0]
+        self.journal.append("run_end", state=self.final[0].value, reason=self.final[1])
 
     # -- the loop -------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -139,7 +235,9 @@ class Daemon:
         self.journal.append("agent_start", pid=os.getpid(), version=agent_version(),
                             incarnation=self.incarnation, journal_bytes_dropped=dropped)
         self.begin()
-        while not self.sup.state.terminal:
+        if self.final is None and self.sup.state.terminal:
+            self._after_supervisor()
+        while self.final is None:
             self._wait(wake_fd)
             if self.flags.pop("term", False):
                 self.journal.append("agent_exit", reason="SIGTERM to the agent; the trainer is left running")
@@ -148,12 +246,16 @@ class Daemon:
             self.flags.pop("wake", None)
             self.flags.pop("child", None)
             self.tick()
+            if self.sup.state.terminal:
+                self._after_supervisor()
         self.finish()
         return 0
 
     def close(self) -> None:
-        """Release NVML and files."""
+        """Release NVML and files; give pending notifications a last chance."""
         self.builder.sentinels.close()
+        if self.builder.notifier is not None:
+            self.builder.notifier.close()
         os.close(self.agent_log_fd)
 
     def _wait(self, wake_fd: int) -> None:
@@ -200,23 +302,30 @@ class Daemon:
 
     def finish(self) -> None:
         """Write the completion marker and the final status."""
-        state = self.sup.state
+        assert self.final is not None
+        state, reason = self.final
+        self.builder.final_state = state
         st = self.builder.build(time.time())
         lf = self.sup.last_failure
         body: Dict[str, Any] = {
-            "run_id": self.spec.run_id, "state": state.value, "reason": self.sup.final_reason,
+            "run_id": self.spec.run_id, "state": state.value, "reason": reason,
             "exit_code": st.trainer.exit_code, "signal": st.trainer.signal, "attempt": self.sup.attempt,
             "restarts": self.sup.restarts, "at": time.time(), "manifest_sha256": None,
             "failure": None if lf is None or state != RunState.FAILED else {
                 "class": lf.class_, "evidence": lf.evidence, "remediation": lf.remediation},
         }
         body.update(self.builder.marker_extra())
+        if self.book is not None:
+            body["cells"] = self.book.cells
+            body["failed_cells"] = [c["name"] for c in self.book.failed()]
         try:
             atomic_write_json(self.paths.marker(MARKER_OF[state]), body)
         except OSError as e:
             log.error("cannot write the %s marker: %s", MARKER_OF[state], e)
         self.journal.append("marker", name=MARKER_OF[state], state=state.value)
         self.write_status()
+        if self.builder.notifier is not None:
+            self.builder.notifier.final(state, reason, lf)
 
 
 def main(paths: RunPaths) -> int:

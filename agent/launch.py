@@ -73,6 +73,8 @@ def trainer_env(spec: RunSpec, paths: RunPaths, attempt: int, resume_from: Optio
         env["RGT_MTBF_S"] = str(spec.extra["mtbf_s"])
     if spec.extra.get("save_every_s"):
         env["RGT_SAVE_EVERY_S"] = str(spec.extra["save_every_s"])
+    if spec.gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.gpus)
     if resume_from:
         env["RGT_RESUME_FROM"] = resume_from
     else:
@@ -87,3 +89,26 @@ def trainer_env(spec: RunSpec, paths: RunPaths, attempt: int, resume_from: Optio
 def agent_tag(paths: RunPaths, attempt: int) -> str:
     """A tag in every trainer process's env: proof that a pid belongs to this run's attempt."""
     return f"{os.path.abspath(paths.root)}#{attempt}"
+
+
+def cell_launch(spec: RunSpec, paths: RunPaths, attempt: int, resume_from: Optional[str], index: int,
+                notes: List[str]):
+    """Argv and env of a queue cell or stage: its own output dir; a setup stage keeps the image's torch."""
+    from .cells import cell_dir, filter_torch_requirements
+
+    cell = dict(spec.cells[index - 1], index=index)
+    out = cell_dir(paths, cell)
+    os.makedirs(out, exist_ok=True)
+    stage = cell["name"] if cell.get("kind") == "stage" else None
+    env = trainer_env(spec, paths, attempt, resume_from, stage=stage, notes=notes)
+    env.update({"RGT_CELL_INDEX": str(index), "RGT_CELL_NAME": cell["name"], "RGT_CELL_DIR": out})
+    if cell.get("kind") == "queue":
+        env["RGT_CKPT_DIR"] = os.path.join(out, "ckpt")  # isolated: one cell never resumes another's
+        os.makedirs(env["RGT_CKPT_DIR"], exist_ok=True)
+    argv = list(cell["command"])
+    if cell.get("name") == "setup" and cell.get("filter_torch", True) and argv[:2] == ["bash", "-c"]:
+        argv[2], dropped = filter_torch_requirements(argv[2], paths.code, out)
+        if dropped:
+            notes.append("setup keeps the image's CUDA-matched torch; dropped from requirements: "
+                         + "; ".join(dropped))
+    return argv, env

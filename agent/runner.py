@@ -6,13 +6,14 @@ import fcntl
 import os
 import signal
 import subprocess
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from rgt.shared.atomic import read_json
 from rgt.shared.paths import RunPaths
 
 from . import launch, procs
-from .supervisor import Ended, Runner
+from .cells import LeaseRefused
+from .supervisor import Ended, LaunchRefused, Runner
 
 
 def read_record(path: str) -> Optional[Dict[str, Any]]:
@@ -31,6 +32,9 @@ class WaiterRunner(Runner):
         self.paths = paths
         self.agent_log_fd = agent_log_fd
         self.attempt = 0
+        self.cell: Optional[int] = None  # the queue cell or stage being run (1-based), None for a plain run
+        self.lease_fds: list = []  # GPU leases, handed to each waiter so they outlive a dead agent
+        self.lease_factory: Optional[Callable[[], list]] = None
         self.proc: Optional[subprocess.Popen] = None
         self.lock_path = os.path.join(paths.root, "waiter.lock")
 
@@ -60,18 +64,29 @@ class WaiterRunner(Runner):
     def start(self, attempt: int, resume_from: Optional[str]) -> None:
         """Spawn the waiter with the lock already held, so no restarted agent can start a second one."""
         self.attempt = attempt
+        self.ensure_leases()
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             argv = launch.self_argv("waiter", self.paths.root, "--attempt", str(attempt), "--lock-fd", str(fd))
             if resume_from:
                 argv += ["--resume-from", resume_from]
+            if self.cell is not None:
+                argv += ["--cell", str(self.cell)]
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=self.agent_log_fd, stderr=self.agent_log_fd,
-                start_new_session=True, pass_fds=(fd,), cwd=self.paths.root,
+                start_new_session=True, pass_fds=(fd, *self.lease_fds), cwd=self.paths.root,
             )
         finally:
             os.close(fd)
+
+    def ensure_leases(self) -> None:
+        """Hold this run's GPU leases (acquired once; an adopted waiter may still hold them)."""
+        if self.lease_factory is not None and not self.lease_fds:
+            try:
+                self.lease_fds = self.lease_factory()
+            except LeaseRefused as e:
+                raise LaunchRefused(str(e)) from None
 
     def adopt(self, attempt: int) -> None:
         """Track an attempt started by an earlier agent."""

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Set
 from rgt.shared.paths import RunPaths
 from rgt.shared.spec import RunSpec
 from rgt.shared.states import FailureClass, RunState
-from rgt.shared.status import Checkpoint, Cost, Progress, Sentinel, Status, Trainer
+from rgt.shared.status import Cell, Checkpoint, Cost, Progress, Sentinel, Status, Trainer
 
 from . import launch, procs
 from .classify import Evidence, Verdict, classify
@@ -41,6 +41,8 @@ class StatusBuilder:
         self.gpu_fault: Optional[str] = None
         self.created_at = time.time()
         self.notifier: Any = None  # Notifier, when the spec asks for webhooks
+        self.book: Any = None  # CellBook of a queue or stage chain
+        self.final_state: Optional[RunState] = None
         self.trainer_cgroup: Optional[tuple] = None  # (dir, version) of the trainer's memory cgroup
         self.oom_kills_before: Dict[str, Optional[int]] = {}
 
@@ -145,10 +147,29 @@ class StatusBuilder:
         self.oom_kills_before.clear()
         if ended.exit_code is None and ended.signal is None:
             return Verdict(FailureClass.CRASHED, "the waiter vanished without recording the exit (killed?)")
-        return classify(ev)
+        verdict = classify(ev)
+        if verdict.failure is None:
+            error = self._sync_gate()
+            if error:
+                return Verdict(FailureClass.SYNC_FAILED, f"exit code 0, but {error}")
+        return verdict
+
+    def _sync_gate(self) -> Optional[str]:
+        """A cell that exited 0 counts only once its outputs are durable (when a durable dir is set)."""
+        index = getattr(self.sup.runner, "cell", None) if self.sup is not None else None
+        if not self.spec.durable_dir or index is None:
+            return None
+        from .cells import cell_dir, sync_cell
+
+        cell = dict(self.spec.cells[index - 1], index=index)
+        src = cell_dir(self.paths, cell)
+        error, _ = sync_cell(src, self.spec.durable_dir, self.spec.run_id, os.path.basename(src))
+        return error
 
     def on_retry(self, verdict: Verdict) -> None:
         """Before a retry: a disk class first prunes what the agent owns."""
+        if verdict.failure == FailureClass.PREEMPTED and self.notifier is not None:
+            self.notifier.event("preempted", verdict.evidence)
         if verdict.failure in (FailureClass.DISK_FULL, FailureClass.INODE_FULL) and self.pipeline is not None:
             self.pipeline.prune(f"retrying after {verdict.failure.value}")
         self.logp.nan_seen = False
@@ -162,7 +183,10 @@ class StatusBuilder:
         """The status snapshot for this instant."""
         self.seq += 1
         sup = self.sup
-        state = sup.state if sup is not None else RunState.UNKNOWN
+        state = self.final_state or (sup.state if sup is not None else RunState.UNKNOWN)
+        if self.book is not None and self.final_state is None and state.terminal:
+            # One cell ended, the run did not: the next cell is about to start.
+            state = RunState.STARTING
         rec = read_record(self.paths.trainer_record) or {}
         trainer = Trainer(attempt=sup.attempt if sup else 0, restarts=sup.restarts if sup else 0,
                           last_failure=sup.last_failure if sup else None)
@@ -178,6 +202,8 @@ class StatusBuilder:
             seq=self.seq, trainer=trainer, progress=self.progress, sentinels=sentinels,
             checkpoint=self.pipeline.status(now) if self.pipeline is not None else Checkpoint(),
             cost=self._cost(now),
+            cells=[Cell(c["index"], c["name"], c["state"], c["exit_code"], c["failure_class"])
+                   for c in (self.book.cells if self.book is not None else [])],
         )
         if self.sentinels is not None:
             extra, status.gpus, status.host = self.sentinels.snapshot()

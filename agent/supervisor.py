@@ -28,12 +28,17 @@ class SupervisorSpec:
     stop_timeout_s: float = 30.0
     stall_after_s: Optional[float] = None
     tick_s: float = 2.0
+    attempt_timeout_s: Optional[float] = None  # a stage's or cell's own timeout
 
     @classmethod
     def from_run_spec(cls, spec: RunSpec) -> SupervisorSpec:
         """Take the policy fields of a RunSpec."""
         return cls(spec.max_restarts, spec.start_grace_s, spec.backoff_s, spec.backoff_max_s,
                    spec.stop_timeout_s, spec.stall_after_s, spec.tick_s)
+
+
+class LaunchRefused(Exception):
+    """The runner may not start the attempt (a GPU lease is held elsewhere, say); the message says why."""
 
 
 class Ended(NamedTuple):
@@ -96,6 +101,7 @@ class Supervisor:
         self.last_progress: Optional[float] = None
         self.longest_step_s = 0.0
         self.final_reason = ""
+        self.attempt_started = self.clock()
 
     # -- the one checked transition -------------------------------------------------------------
     def transition(self, new: RunState, reason: str) -> None:
@@ -118,8 +124,13 @@ class Supervisor:
         """Start the next attempt."""
         self.attempt += 1
         self.last_progress, self.stall_reason, self.kill_at = None, None, None
+        self.attempt_started = self.clock()
         self.transition(_S.STARTING, reason)  # UNKNOWN|BACKOFF -> STARTING
-        self.runner.start(self.attempt, self.resume_from())
+        try:
+            self.runner.start(self.attempt, self.resume_from())
+        except LaunchRefused as e:
+            self.last_failure = LastFailure(None, str(e), None, time.time())
+            self.transition(_S.FAILED, f"refused before start: {e}")  # STARTING -> FAILED
 
     def note_progress(self, now: float) -> None:
         """Progress or a new checkpoint arrived: the stall clock restarts."""
@@ -156,9 +167,16 @@ class Supervisor:
                 return
             if self.state == _S.STARTING and self.runner.started():
                 self.transition(_S.RUNNING, f"attempt {self.attempt} is running")  # STARTING -> RUNNING
+            timeout = self.sspec.attempt_timeout_s
             if self.kill_at is not None and now >= self.kill_at:
                 self.runner.signal_stop(kill=True)
                 self.kill_at = None
+            elif (timeout is not None and self.state == _S.RUNNING and self.stall_reason is None
+                  and now - self.attempt_started > timeout):
+                self.stall_reason = f"timed out after {now - self.attempt_started:.0f}s (timeout_s {timeout:.0f})"
+                self.journal.append("timeout", attempt=self.attempt, timeout_s=timeout)
+                self.runner.signal_stop(kill=False)
+                self.kill_at = now + self.sspec.stop_timeout_s
             elif self.state == _S.RUNNING and self.stall_reason is None and self.last_progress is not None:
                 quiet_s = now - self.last_progress
                 if quiet_s > self.stall_after_s():

@@ -62,7 +62,7 @@ def _signal_name(num: int) -> str:
 
 
 def run(paths: RunPaths, argv: List[str], env: Dict[str, str], cwd: str, attempt: int,
-        log_max_bytes: int, log_keep: int) -> int:
+        log_max_bytes: int, log_keep: int, cell: Optional[int] = None) -> int:
     """Start the trainer, pump its output into the log, and record how it ended.
 
     The waiter shrugs off SIGTERM/SIGINT/SIGHUP: it must stay to record the trainer's end; the trainer
@@ -92,7 +92,7 @@ def run(paths: RunPaths, argv: List[str], env: Dict[str, str], cwd: str, attempt
     atomic_write_json(paths.trainer_record, {
         "attempt": attempt, "pid": child.pid, "pgid": child.pid, "start_time": procs.start_time(child.pid),
         "waiter_pid": os.getpid(), "waiter_start_time": procs.start_time(os.getpid()),
-        "incarnation": incarnation, "tag": env.get("RGT_AGENT_TAG"), "started_at": started_at,
+        "incarnation": incarnation, "tag": env.get("RGT_AGENT_TAG"), "started_at": started_at, "cell": cell,
     })
     assert child.stdout is not None
     out = child.stdout.fileno()
@@ -115,18 +115,25 @@ def run(paths: RunPaths, argv: List[str], env: Dict[str, str], cwd: str, attempt
     return 0
 
 
-def main(paths: RunPaths, attempt: int, resume_from: Optional[str], lock_fd: Optional[int]) -> int:
+def main(paths: RunPaths, attempt: int, resume_from: Optional[str], lock_fd: Optional[int],
+         cell_index: Optional[int] = None) -> int:
     """Entry point of `pyz waiter RUN_DIR`: build the trainer's env here, so secrets never travel."""
     from rgt.shared.spec import RunSpec
 
     from . import launch
 
-    if lock_fd is not None:
-        # Holding waiter.lock for our whole life tells a restarted agent that a waiter is alive.
-        os.set_inheritable(lock_fd, False)
+    # lock_fd (waiter.lock) and any GPU lease fds stay open, unused, for the waiter's whole life: that
+    # is what tells a restarted agent a waiter is alive. Popen(close_fds=True) keeps them from the trainer.
+    del lock_fd
     spec = RunSpec.load(paths.spec)
-    env = launch.trainer_env(spec, paths, attempt, resume_from)
     os.makedirs(paths.logs, exist_ok=True)
+    notes: List[str] = []
+    if cell_index is None:
+        argv, env = spec.command, launch.trainer_env(spec, paths, attempt, resume_from, notes=notes)
+    else:
+        argv, env = launch.cell_launch(spec, paths, attempt, resume_from, cell_index, notes)
     with open(paths.trainer_log, "ab") as f:
         f.write(launch.attempt_header(attempt).encode())
-    return run(paths, spec.command, env, paths.code, attempt, spec.log_max_bytes, spec.log_keep)
+        for note in notes:
+            f.write(f"rgt: {note}\n".encode())
+    return run(paths, argv, env, paths.code, attempt, spec.log_max_bytes, spec.log_keep, cell_index)

@@ -60,10 +60,13 @@ class App:
             host, run_id = run.rsplit(":", 1)
             validate_run_id(run_id)
             try:
-                return self.registry.get(run_id)
+                rec = self.registry.get(run_id)
             except BadInput:
-                t = self.transport_for(check_host(host))
-                return RunRecord(run_id=run_id, host=host, root=t.root or ".rgt")
+                rec = None
+            if rec is not None and rec.host == host:
+                return rec
+            t = self.transport_for(check_host(host))
+            return RunRecord(run_id=run_id, host=host, root=t.root)
         return self.registry.get(validate_run_id(run))
 
     # -- output -----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from rgt.shared.errors import BadInput, RgtError
+from rgt.shared.errors import BadInput, GateRefused, RgtError
 from rgt.shared.secrets import NAME_RE, format_secrets
 from rgt.shared.spec import RunSpec
 
@@ -40,6 +40,9 @@ def collect_secrets(names: List[str], env: Optional[Dict[str, str]] = None) -> D
     env = dict(os.environ if env is None else env)
     out = {}
     for name in names:
+        if "=" in name:  # NAME=value typed by mistake: never echo the value back
+            raise BadInput(f"--secret takes a NAME, not NAME=value: export {name.split('=', 1)[0]!r} in this "
+                           "shell and pass its name (what you typed after '=' is not shown)")
         if not NAME_RE.match(name):
             raise BadInput(f"bad secret name {name!r}: use letters, digits and _")
         if name not in env:
@@ -80,6 +83,10 @@ def wait_heartbeat(transport: Transport, rec: RunRecord, timeout_s: float, after
         obs = poll(transport, rec)
         if obs.status is not None and obs.status.seq > after_seq and (
                 agent_pid is None or obs.status.agent_pid == agent_pid):
+            lf = obs.status.trainer.last_failure
+            if obs.status.state == "failed" and obs.status.trainer.attempt <= 1 and lf is not None and (
+                    lf.class_ in (None, "disk_gate_abort")):
+                raise GateRefused(f"run {rec.run_id} was refused on {transport.name}: {lf.evidence}")
             return
         time.sleep(0.2)
     tail = transport.sh('tail -n 5 -- "$1/logs/agent.log" "$1/logs/agent.out" 2>/dev/null', rec.run_dir)

@@ -32,7 +32,7 @@ def poll(transport: Transport, rec: RunRecord) -> Observation:
     if raw is None:
         return Observation(None, None, None, "no-status")
     status = parse_status(raw, f"{rec.host}:{rec.run_dir}/status.json")
-    age = box_now - (status.updated_at or 0.0)
+    age = max(0.0, box_now - (status.updated_at or 0.0))  # the clock is read just before the file
     view = status.state
     terminal = status.state in ("succeeded", "failed", "stopped")
     if not terminal and age > 3 * status.tick_s:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any
 
 
@@ -23,6 +22,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     On any error (ENOSPC included) the previous file stays untouched, the temp file is removed and
     the error propagates.
     """
+    import tempfile  # lazily: the status poll path imports this module but never writes
+
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 import re
-import secrets
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from .errors import BadInput
+
+if TYPE_CHECKING:  # imported lazily below: `rgt status` should not pay for them
+    import datetime
 
 RUN_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}\Z")
 MARKERS = ("DONE", "FAILED", "STOPPED")
@@ -25,6 +26,9 @@ def validate_run_id(run_id: str) -> str:
 
 def generate_run_id(name: str, now: Optional[datetime.datetime] = None) -> str:
     """Name-date-4hex, from a free-form name such as the script's file name."""
+    import datetime
+    import secrets
+
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "run"
     stamp = (now or datetime.datetime.now()).strftime("%Y%m%d")
     return f"{slug}-{stamp}-{secrets.token_hex(2)}"

@@ -90,6 +90,7 @@ POLICIES: Dict[FailureClass, Policy] = {
     _F.CONFIG_ERROR: Policy(0, True, "fix the error line in your code or config, then `rgt resume`"),
     _F.GPU_FAULT: Policy(0, True, "the GPU is faulty (Xid 48/79, lost, or uncorrectable ECC): replace the box"),
     _F.DISK_GATE_ABORT: Policy(0, True, "free disk space or inodes (see what to free), or use a bigger disk"),
-    _F.SYNC_FAILED: Policy(1, True, "the durable copy or the manifest failed: check the path and the error"),
-    _F.CRASHED: Policy(None, True, "see the last lines of the log; it was resumed with backoff"),
+    # The copy itself is retried once inside the sync gate; rerunning the training would not fix it.
+    _F.SYNC_FAILED: Policy(0, True, "the durable copy or the manifest failed: check the path and the error"),
+    _F.CRASHED: Policy(None, True, "see the last lines (`rgt logs`); crashes resume with backoff up to max_restarts"),
 }

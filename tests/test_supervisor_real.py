@@ -164,7 +164,7 @@ def test_keyerror_in_the_first_second_is_config_error_and_never_retried(tmp_path
 def test_full_tmpfs_is_told_apart_bytes_from_inodes(tmp_path, pyz, small_tmpfs, mode, opts, expected):
     fs = small_tmpfs(opts)
     run = make_run_dir(tmp_path, f"full-{mode}", ["python3", "fill.py", mode], code={"fill.py": FILL},
-                       tick_s=0.3, ckpt_dir=str(fs), backoff_s=0.1, max_restarts=3)
+                       tick_s=0.3, ckpt_dir=str(fs), backoff_s=0.1, max_restarts=3, min_free_bytes=0)
     _daemon(pyz, run)
     name, marker = _marker(run)
     assert name == "FAILED"

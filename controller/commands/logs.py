@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -22,22 +23,28 @@ def cli(app, run, follow, lines, agent) -> None:
     rec = app.resolve_run(run)
     transport = app.transport_of(rec)
     path = f"{rec.run_dir}/logs/{'agent.log' if agent else 'trainer.log'}"
-    argv = ["tail", "-n", str(max(0, lines)), "-F" if follow else "--", path] if follow else [
-        "tail", "-n", str(max(0, lines)), "--", path]
+    n = str(max(0, lines))
     if not follow:
-        res = transport.run(argv)
+        res = transport.run(["tail", "-n", n, "--", path])
         if res.rc != 0:
-            if res.rc == 255:
-                raise TransportError(f"transport unavailable: {res.err.decode(errors='replace').strip()[:200]}")
             raise RgtError(f"no log at {path} on {rec.host} yet")
         sys.stdout.buffer.write(res.out)
         return
-    proc = transport.popen(argv)
+    # -F follows the name across the waiter's rotations; one session for the whole stream.
+    proc = transport.popen(["tail", "-n", n, "-F", "--", path])
     try:
         assert proc.stdout is not None
         for chunk in iter(lambda: proc.stdout.read1(65536), b""):
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
+    except BrokenPipeError:  # `rgt logs -f | head`: the reader left, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
     finally:
         proc.terminate()
         proc.wait()
+    err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+    if proc.returncode == 255:
+        raise TransportError(f"transport unavailable: {rec.host}: {err.splitlines()[-1] if err else 'ssh ended'}")
+    if proc.returncode not in (0, -15):
+        raise RgtError(f"following {path} on {rec.host} ended (exit {proc.returncode}): {err[-200:]}")

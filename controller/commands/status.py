@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 
 import click
 
@@ -14,7 +13,8 @@ def render(rec, obs) -> list:
     """Human lines for one observation."""
     if obs.view == "unreachable":
         last = (obs.raw or {}).get("state", "unknown")
-        return [f"{rec.run_id} on {rec.host}: transport unavailable ({obs.error}); last known state: {last}"]
+        why = (obs.error or "").removeprefix("transport unavailable: ")
+        return [f"{rec.run_id} on {rec.host}: transport unavailable ({why}); last known state: {last}"]
     if obs.view == "no-status":
         return [f"{rec.run_id} on {rec.host}: no status.json yet (agent starting?)"]
     st = obs.status
@@ -50,10 +50,82 @@ def as_data(rec, obs) -> dict:
     return data
 
 
+TERMINAL = ("succeeded", "failed", "stopped")
+# The --watch loop on the box: one session, a record per interval (status.json, then a mark line with
+# the box's clock and cat's exit code). Path and interval are positional args, never pasted in.
+WATCH_LOOP = (
+    'while :; do cat -- "$1" 2>/dev/null; rc=$?; '
+    'printf "\\n@@rgt-watch %s %s\\n" "$(date +%s.%N)" "$rc" || exit 0; sleep "$2" || exit 0; done'
+)
+WATCH_MARK = b"\n@@rgt-watch "
+
+
+class _Record:
+    """One streamed record, read through observe.poll so the staleness rules live in one place."""
+
+    def __init__(self, body: bytes, now: float, rc: int) -> None:
+        self.body, self.now, self.rc = body, now, rc
+
+    def read_with_clock(self, path: str):
+        return (self.body if self.rc == 0 else None), self.now
+
+
+def records(stream):
+    """(body, box clock, cat's exit code) for each complete record in a byte stream."""
+    buf = b""
+    for chunk in iter(lambda: stream.read1(65536), b""):
+        buf += chunk
+        while True:
+            i = buf.find(WATCH_MARK)
+            j = buf.find(b"\n", i + len(WATCH_MARK)) if i >= 0 else -1
+            if j < 0:
+                break
+            now, _, rc = buf[i + len(WATCH_MARK):j].decode(errors="replace").partition(" ")
+            yield buf[:i], float(now), int(rc or 1)
+            buf = buf[j + 1:]
+
+
+def _show(app, rec, obs, as_json: bool, clear: bool) -> None:
+    if as_json:
+        app.data(as_data(rec, obs))
+        return
+    if clear and sys.stdout.isatty():
+        click.echo("\x1b[2J\x1b[H", nl=False)
+    click.echo("\n".join(render(rec, obs)))
+
+
+def _watch(app, transport, rec, first, as_json: bool) -> int:
+    """Stream over ONE box session and redraw on every change; the exit code for the command."""
+    from rgt.controller.observe import Observation, poll, remember
+
+    tick_s = first.status.tick_s if first.status else 2.0
+    interval_s = min(max(tick_s / 2, 0.2), 2.0)
+    proc = transport.popen(["sh", "-c", WATCH_LOOP, "sh", f"{rec.run_dir}/status.json", f"{interval_s:g}"])
+    shown = ((first.status.seq if first.status else None), first.view)
+    try:
+        assert proc.stdout is not None
+        for body, now, rc in records(proc.stdout):
+            obs = poll(_Record(body, now, rc), rec)
+            key = ((obs.status.seq if obs.status else None), obs.view)
+            if key != shown:
+                remember(app.registry, rec, obs)
+                _show(app, rec, obs, as_json, clear=True)
+                shown = key
+            if obs.status is not None and obs.status.state in TERMINAL:
+                return 0
+    finally:
+        proc.terminate()
+        proc.wait()
+    err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+    why = err.splitlines()[-1] if err else f"the watch session ended (exit {proc.returncode})"
+    _show(app, rec, Observation(None, rec.last_status, None, "unreachable", why), as_json, clear=False)
+    return 3
+
+
 @click.command()
 @run_argument
 @json_option
-@click.option("--watch", is_flag=True, help="Keep reading and redraw on every update.")
+@click.option("--watch", is_flag=True, help="Keep one session open and redraw on every update.")
 @click.pass_obj
 def cli(app, run, as_json, watch) -> None:
     """Show a run's state; exit 3 when the box cannot be reached."""
@@ -61,21 +133,10 @@ def cli(app, run, as_json, watch) -> None:
 
     rec = app.resolve_run(run)
     transport = app.transport_of(rec)
-    last_seq = None
-    while True:
-        obs = poll(transport, rec)
-        remember(app.registry, rec, obs)
-        seq = obs.status.seq if obs.status else None
-        if seq != last_seq or not watch:
-            if as_json:
-                app.data(as_data(rec, obs))
-            else:
-                if watch and sys.stdout.isatty():
-                    click.echo("\x1b[2J\x1b[H", nl=False)
-                click.echo("\n".join(render(rec, obs)))
-            last_seq = seq
-        if obs.view == "unreachable":
-            sys.exit(3)
-        if not watch or (obs.status and obs.status.state in ("succeeded", "failed", "stopped")):
-            return
-        time.sleep(min(obs.status.tick_s if obs.status else 2.0, 2.0))
+    obs = poll(transport, rec)
+    remember(app.registry, rec, obs)
+    _show(app, rec, obs, as_json, clear=watch)
+    if obs.view == "unreachable":
+        sys.exit(3)
+    if watch and not (obs.status is not None and obs.status.state in TERMINAL):
+        sys.exit(_watch(app, transport, rec, obs, as_json))

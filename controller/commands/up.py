@@ -39,6 +39,13 @@ def _default_name(command: Tuple[str, ...]) -> str:
 @click.option("--start-grace-s", type=float, default=None)
 @click.option("--usd-per-hour", type=float, default=None)
 @click.option("--heartbeat-timeout-s", type=float, default=60.0, show_default=True)
+@click.option("--queue", "queue_file", type=click.Path(dir_okay=False, exists=True),
+              help="One shell command per line ('name: cmd' names a cell); run in order under the agent.")
+@click.option("--from", "from_cell", type=int, default=1, help="Start at the N-th cell of the queue.")
+@click.option("--gpus", default=None, help="GPU indices for this run (CUDA_VISIBLE_DEVICES), leased on the box.")
+@click.option("--share-gpu", is_flag=True, help="Let other runs use the same GPUs.")
+@click.option("--durable-dir", default=None, help="Where verified checkpoints and cell outputs are copied.")
+@click.option("--min-free-gb", type=float, default=None, help="Disk gate floor before every cell.")
 @click.option("--dry-run", is_flag=True, help="Show the spec and environment; run nothing.")
 @click.option("--brief", is_flag=True, help="Show the platform briefing again, even for a host seen before.")
 @ssh_options
@@ -46,21 +53,53 @@ def _default_name(command: Tuple[str, ...]) -> str:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
 def cli(app, host, profile, run_id, ckpt_dir, artifacts, secrets, python, code_dir, tick_s, max_restarts,
-        stall_after_s, start_grace_s, usd_per_hour, heartbeat_timeout_s, dry_run, brief, port, ssh_config,
-        as_json, command) -> None:
+        stall_after_s, start_grace_s, usd_per_hour, heartbeat_timeout_s, queue_file, from_cell, gpus, share_gpu,
+        durable_dir, min_free_gb, dry_run, brief, port, ssh_config, as_json, command) -> None:
     """Start CMD (given after `--`) on HOST, or on this machine with `local`."""
-    from rgt.controller import launch, rgttoml
+    from rgt.controller import cells, launch, rgttoml
+    from rgt.controller.app import check_host
 
+    if host != "local":
+        check_host(host)
+    if ssh_config:
+        ssh_config = os.path.abspath(os.path.expanduser(ssh_config))
+
+    project = rgttoml.load(code_dir)
+    toml = project.get("run", {})
+    plan = []
+    if queue_file:
+        with open(queue_file, encoding="utf-8") as f:
+            plan = cells.parse_queue(f.read(), queue_file)
+        command = command or ("queue", os.path.basename(queue_file))
+    elif project.get("stages") and not command:
+        plan = cells.parse_stages(project["stages"], project["_path"])
+        command = ("stages", *[c["name"] for c in plan])
     if not command:
         raise BadInput("no command: put the training command after `--`, e.g. rgt up local -- python train.py")
-    toml = rgttoml.load(code_dir).get("run", {})
-    run_id = validate_run_id(run_id or toml.get("run") or generate_run_id(_default_name(command)))
+    run_id = validate_run_id(run_id or toml.get("run") or generate_run_id(_default_name(tuple(command))))
     spec = RunSpec(run_id=run_id, command=list(command), created_at=time.time(),
                    profile=profile or toml.get("profile") or ("local" if host == "local" else "generic-ssh"))
     _merge(spec, toml, ckpt_dir=ckpt_dir, artifacts=list(artifacts) or None, tick_s=tick_s,
            max_restarts=max_restarts, stall_after_s=stall_after_s, start_grace_s=start_grace_s,
-           usd_per_hour=usd_per_hour)
+           usd_per_hour=usd_per_hour, durable_dir=durable_dir)
+    spec.cells, spec.from_cell = plan, from_cell
+    if gpus is None and toml.get("gpus"):
+        gpus = ",".join(str(g) for g in toml["gpus"])
+    share_gpu = share_gpu or bool(toml.get("share_gpu"))
+    if min_free_gb is None:
+        min_free_gb = toml.get("min_free_gb")
+    if plan:
+        spec.command = []
+    if gpus:
+        spec.gpus, spec.share_gpu = cells.parse_gpus(gpus), share_gpu
+    if min_free_gb is not None:
+        spec.min_free_bytes = int(min_free_gb * 1024**3)
+    notify = project.get("notify")
+    if notify:
+        spec.notify = dict(notify)
     names = list(secrets) or list(toml.get("secrets") or [])
+    if spec.notify.get("webhook_secret") and spec.notify["webhook_secret"] not in names:
+        names.append(spec.notify["webhook_secret"])
     spec.secret_names = names
     values = launch.collect_secrets(names)
     profile = _apply_profile(app, spec, host, brief)
