@@ -20,6 +20,8 @@ COMMANDS = {
     "resume": "resume", "events": "events", "demo": "demo", "doctor": "doctor",
     "profile": "profile",
     "attach": "attach",
+    "pull": "pull", "verify": "verify", "down": "down",
+    "onstart": "onstart", "push": "push", "secrets": "secrets",
 }
 
 
