@@ -12,17 +12,18 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from rgt.shared.atomic import atomic_write, atomic_write_json
-from rgt.shared.journal import Journal, read_journal
+from rgt.shared.journal import Journal
 from rgt.shared.paths import RunPaths
 from rgt.shared.spec import RunSpec
-from rgt.shared.states import POLICIES, FailureClass, RunState
-from rgt.shared.status import LastFailure, Status, parse_status
+from rgt.shared.states import RunState
+from rgt.shared.status import Status, parse_status
 
 from . import launch, procs
-from .cells import CellBook, acquire_gpu_leases, cell_dir, disk_gate
+from .cells import CellBook, acquire_gpu_leases
 from .runner import WaiterRunner, read_record
+from .runplan import RunPlan
 from .statusbuild import StatusBuilder
-from .supervisor import LaunchRefused, Supervisor, SupervisorSpec
+from .supervisor import Supervisor, SupervisorSpec
 
 MARKER_OF = {RunState.SUCCEEDED: "DONE", RunState.FAILED: "FAILED", RunState.STOPPED: "STOPPED"}
 log = logging.getLogger("rgt.agent")
@@ -52,7 +53,7 @@ def take_lock(paths: RunPaths) -> int:
     return fd
 
 
-class Daemon:
+class Daemon(RunPlan):
     """Owns one run until it reaches a terminal state, or until it is told to go."""
 
     def __init__(self, paths: RunPaths, spec: RunSpec) -> None:
@@ -131,101 +132,6 @@ class Daemon:
     def _on_transition(self, old: RunState, new: RunState, reason: str) -> None:
         log.info("%s -> %s: %s", old.value, new.value, reason)
         self.write_status()
-
-    # -- startup: adopt what an earlier agent left, or launch -----------------------------------------
-    def _consumed_attempts(self) -> List[int]:
-        return [r.get("attempt") for r in read_journal(self.paths.journal).records if r.get("kind") == "attempt_end"]
-
-    def begin(self) -> None:
-        """Decide between adopting a live trainer, finishing an ended attempt, and a fresh launch."""
-        rec = read_record(self.paths.trainer_record)
-        prev = self.builder.previous
-        restarts = prev.trainer.restarts if prev and prev.state != "succeeded" else 0
-        attempt = int(rec.get("attempt") or 0) if rec else 0
-        if self.book is not None:
-            self.cell = self.book.next_pending()
-            if self.cell is None:
-                self._conclude()
-                return
-            self._new_supervisor(self.cell, attempt)
-            if rec is None or rec.get("cell") != self.cell["index"]:
-                self._launch("first start of this cell" if rec else "first start")
-                return
-        elif rec is None:
-            self._launch("first start")
-            return
-        self.runner.adopt(attempt)
-        if attempt in self._consumed_attempts():
-            self.sup.restarts = restarts
-            self._launch(f"agent restarted after attempt {attempt} ended; resuming")
-            return
-        if rec.get("incarnation") != self.incarnation:
-            self.builder.new_incarnation = True
-        self.sup.adopt(attempt, restarts, f"agent restarted; adopting attempt {attempt} (trainer pid {rec.get('pid')})")
-
-    def _launch(self, reason: str) -> None:
-        """The disk gate, then the next attempt of the current cell (or of the plain run)."""
-        dirs = [self.paths.root, launch.ckpt_dir(self.spec, self.paths)]
-        if self.cell is not None:
-            dirs.append(os.path.dirname(cell_dir(self.paths, self.cell)))
-        refusal = disk_gate(self.spec, [d for d in dirs if os.path.isdir(d)]).refusal
-        if refusal is None:
-            try:
-                self.runner.ensure_leases()  # before the first status write, so `rgt up` sees a refusal
-            except LaunchRefused as e:
-                self.sup.last_failure = LastFailure(None, str(e), None, time.time())
-                self.sup.transition(RunState.FAILED, f"refused before start: {e}")  # UNKNOWN -> FAILED
-                return
-        if refusal:
-            fc = FailureClass.DISK_GATE_ABORT
-            self.sup.last_failure = LastFailure(fc.value, refusal, POLICIES[fc].remediation, time.time())
-            self.sup.transition(RunState.FAILED, f"{fc.value}: {refusal}")  # UNKNOWN -> FAILED
-            return
-        self.runner.cell = self.cell["index"] if self.cell else None
-        if self.book is not None and self.cell is not None:
-            self.book.set(self.cell["index"], state="running")
-        self.sup.launch(reason)  # UNKNOWN -> STARTING
-
-    def _after_supervisor(self) -> None:
-        """A cell (or the plain run) reached a terminal state: record it, then next cell or the end."""
-        sup, state = self.sup, self.sup.state
-        if self.book is None or self.cell is None:
-            self.final = (state, sup.final_reason)
-            return
-        lf = sup.last_failure
-        index, name = self.cell["index"], self.cell["name"]
-        self.book.set(index, state=state.value, exit_code=sup.last_end.exit_code if sup.last_end else None,
-                      failure_class=lf.class_ if lf is not None and state == RunState.FAILED else None)
-        if state == RunState.STOPPED:
-            self.final = (state, f"stopped in cell {index} ({name}): {sup.final_reason}")
-            return
-        stage = self.spec.cells[index - 1].get("kind") == "stage"
-        gated = lf is not None and lf.class_ == FailureClass.DISK_GATE_ABORT.value and state == RunState.FAILED
-        if state == RunState.FAILED and (stage or gated):
-            for c in self.book.cells:
-                if c["state"] in ("pending", "running"):
-                    self.book.set(c["index"], state="skipped")
-            self._conclude()
-            return
-        self.cell = self.book.next_pending()
-        if self.cell is None:
-            self._conclude()
-            return
-        self._new_supervisor(self.cell, sup.attempt)
-        self._launch(f"cell {index} ({name}) ended {state.value}; next cell")
-
-    def _conclude(self) -> None:
-        """The run's own end once every cell is done: failed if any cell failed, never "done" over failures."""
-        assert self.book is not None
-        failed = self.book.failed()
-        if failed:
-            names = ", ".join(f"{c['index']} ({c['name']}: {c['failure_class']})" for c in failed)
-            self.final = (RunState.FAILED, f"failed cells: {names}")
-        else:
-            ran = [c for c in self.book.cells if c["state"] == "succeeded"]
-            self.final = (RunState.SUCCEEDED, f"all {len(ran)} cells succeeded")
-        self.builder.final_state = self.final[0]
-        self.journal.append("run_end", state=self.final[0].value, reason=self.final[1])
 
     # -- the loop -------------------------------------------------------------------------------------
     def run(self) -> int:

@@ -68,6 +68,10 @@ def sync_code(transport: Transport, code_dir: str, run_dir: str) -> None:
     """Rsync the project into the run's own code/ dir, honouring .gitignore and the fixed excludes."""
     args = ["-a", "--delete", "--filter=:- .gitignore"]
     args += [f"--exclude={x}" for x in CODE_EXCLUDES]
+    for inner in (transport.root if transport.name == "local" else None, str(state_dir())):
+        # A box root or state dir inside the project must not be copied into the box itself.
+        if inner and os.path.abspath(inner).startswith(os.path.abspath(code_dir) + os.sep):
+            args.append(f"--exclude=/{os.path.relpath(inner, code_dir)}")
     args += [code_dir.rstrip("/") + "/", transport.rsync_target(f"{run_dir}/code/")]
     res = transport.rsync(args)
     if res.returncode != 0:

@@ -82,6 +82,9 @@ def cli(app, host, profile, run_id, ckpt_dir, artifacts, secrets, python, code_d
     _merge(spec, toml, ckpt_dir=ckpt_dir, artifacts=list(artifacts) or None, tick_s=tick_s,
            max_restarts=max_restarts, stall_after_s=stall_after_s, start_grace_s=start_grace_s,
            usd_per_hour=usd_per_hour, durable_dir=durable_dir)
+    if os.path.isabs(spec.ckpt_dir):
+        raise BadInput(f"--ckpt-dir {spec.ckpt_dir} is absolute: give a path inside the run dir, "
+                       "so that `rgt pull` can bring the checkpoints home")
     spec.cells, spec.from_cell = plan, from_cell
     if gpus is None and toml.get("gpus"):
         gpus = ",".join(str(g) for g in toml["gpus"])

@@ -1,0 +1,33 @@
+"""`rgt pull [RUN] [--dest D] [--follow]` (laptop): bring the run's artifacts home and prove them."""
+
+from __future__ import annotations
+
+import click
+
+from . import run_argument
+
+
+@click.command()
+@run_argument
+@click.option("--dest", type=click.Path(file_okay=False), default=None,
+              help="Where to pull to (default ./rgt-pulls/RUN, or where the last pull went).")
+@click.option("--follow", is_flag=True, help="Keep pulling newly verified checkpoints until the run ends.")
+@click.option("--allow-pickle", is_flag=True,
+              help="Accept checkpoints that need full unpickling (can run code: only for files you trust).")
+@click.option("--jobs", type=click.IntRange(1, 256), default=None, help="Hashing threads (default: all cores).")
+@click.option("--bwlimit", type=click.IntRange(1), default=None, envvar="RGT_RSYNC_BWLIMIT",
+              help="Bandwidth cap for rsync in KiB/s (env RGT_RSYNC_BWLIMIT).")
+@click.pass_obj
+def cli(app, run, dest, follow, allow_pickle, jobs, bwlimit) -> None:
+    """Pull by the box's manifest (rsync, resumable), then verify every file; exit 1 when it does not verify."""
+    from rgt.controller import pull
+
+    rec = app.resolve_run(run)
+    transport = app.transport_of(rec)
+    opts = pull.PullOptions(dest=dest, follow=follow, allow_pickle=allow_pickle, jobs=jobs)
+    if bwlimit:
+        opts.bwlimit_kbps = bwlimit
+    if follow:
+        pull.follow(app.registry, transport, rec, opts, app.info)
+    else:
+        pull.pull(app.registry, transport, rec, opts, app.info)

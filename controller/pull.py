@@ -1,0 +1,408 @@
+"""`rgt pull` on the laptop: the box's manifest, rsync by --files-from with resume and bounded retries, verify.
+
+One round: build the manifest on the box (the agent archive's `manifest`), save it in the destination,
+invalidate any older PULL_VERIFIED.json, rsync the live entries (--partial-dir keeps what an interrupted
+transfer brought, --no-whole-file makes the next run send only the rest, also between two local paths),
+then verify. `--follow` repeats rounds until the run ends, so the laptop always holds the newest good
+checkpoint; its middle rounds re-hash only files whose stat fingerprint moved, the last one everything.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple, Optional
+
+from rgt.shared.atomic import atomic_write
+from rgt.shared.errors import RgtError, TransportError
+from rgt.shared.manifest import Manifest, ManifestError
+
+from . import verify
+from .registry import Registry, RunRecord
+from .transport.base import Transport
+
+NO_RETRY = {1, 2, 4, 6, 20}  # usage, protocol, unsupported, daemon log; 20: a signal (Ctrl-C, SIGTERM)
+VANISHED = {23, 24}  # the box's tree moved under the transfer: build the manifest again
+LINK_DOWN = {10, 12, 30, 35, 255}
+PROGRESS_RE = re.compile(rb"^\s*(\d+)\s+(\d+)%\s+(\S+/s)\s+(\d+:\d\d:\d\d)")
+STAT_RE = re.compile(rb"^Total bytes (sent|received):\s*([\d,]+)", re.M)
+Echo = Callable[[str], None]
+QUIET_BELOW_BYTES = 16 << 20  # no progress lines in logs for small pulls
+
+
+def _env_num(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+@dataclass
+class PullOptions:
+    """How to pull; the environment gives the defaults tests and slow links need."""
+
+    dest: Optional[str] = None
+    follow: bool = False
+    allow_pickle: bool = False
+    jobs: Optional[int] = None
+    bwlimit_kbps: Optional[int] = field(default_factory=lambda: int(_env_num("RGT_RSYNC_BWLIMIT", 0)) or None)
+    io_timeout_s: int = field(default_factory=lambda: int(_env_num("RGT_RSYNC_TIMEOUT_S", 120)))
+    attempts: int = field(default_factory=lambda: max(1, int(_env_num("RGT_PULL_ATTEMPTS", 4))))
+    backoff_s: float = field(default_factory=lambda: _env_num("RGT_PULL_BACKOFF_S", 2.0))
+    interval_s: float = field(default_factory=lambda: _env_num("RGT_FOLLOW_INTERVAL_S", 30.0))
+    manifest_timeout_s: float = field(default_factory=lambda: _env_num("RGT_MANIFEST_TIMEOUT_S", 3600.0))
+
+
+class BoxRefused(RgtError):
+    """The box would not build a usable manifest (an empty or unsafe roster): exit 1, nothing to pull."""
+
+
+class BoxManifest(NamedTuple):
+    """What the box said: the manifest, its exact bytes, whether the run has ended, and its notes."""
+
+    manifest: Manifest
+    raw: bytes
+    final: bool
+    notes: list
+
+
+class RsyncRun(NamedTuple):
+    """One rsync invocation: exit code, data bytes moved (from --stats) and the end of stderr."""
+
+    rc: int
+    data_bytes: Optional[int]
+    err: str
+
+
+def human(n: float) -> str:
+    """Bytes for people: 912 B, 4.2 MB, 1.3 GB."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:,.1f} TB"
+
+
+def default_dest(run_id: str) -> str:
+    """./rgt-pulls/<run_id>, absolute."""
+    return os.path.abspath(os.path.join("rgt-pulls", run_id))
+
+
+def agent_argv(transport: Transport, rec: RunRecord) -> list[str]:
+    """[python, -I, archive] for the agent archive on the box (copied there when that hash is absent)."""
+    from .launch import ensure_pyz
+
+    python = rec.python or transport.find_python(["python3", "python"])[0]
+    return [python, "-I", ensure_pyz(transport, rec.root)]
+
+
+def box_manifest(transport: Transport, rec: RunRecord, argv: list[str], timeout_s: float = 3600.0) -> BoxManifest:
+    """Build the manifest on the box and read it back; the hash it printed must match the bytes read."""
+    for _ in range(3):
+        res = transport.run([*argv, "manifest", rec.run_dir], timeout_s=timeout_s)
+        err = res.err.decode(errors="replace").strip().splitlines()
+        notes = [x[6:] for x in err if x.startswith("note: ")]
+        if res.rc != 0:
+            why = next((x for x in reversed(err) if not x.startswith("note: ")), f"exit {res.rc}")
+            why = why.removeprefix("rgt agent: ")
+            if res.rc == 2:  # the roster itself is refused (empty, unsafe): that does not fix itself
+                raise BoxRefused(f"the box refused to build the manifest of {rec.run_id}: {why}")
+            raise RgtError(f"the box could not build the manifest of {rec.run_id} this time: {why}")
+        words = res.out.decode(errors="replace").split()
+        raw = transport.read_file(f"{rec.run_dir}/manifest.json")
+        if raw is None or len(words) < 3:
+            raise RgtError(f"the box built no readable manifest for {rec.run_id}: {res.out[:200]!r}")
+        try:
+            m = Manifest.from_bytes(raw, f"{rec.host}:{rec.run_dir}/manifest.json")
+        except ManifestError as e:
+            raise BoxRefused(f"the box's manifest is not usable: {e}") from None
+        if m.run_id != rec.run_id:
+            raise BoxRefused(f"the box's manifest is for run {m.run_id!r}, not {rec.run_id!r}")
+        if m.sha256 == words[0]:
+            return BoxManifest(m, raw, words[2] == "final", notes)
+    raise RgtError("the box's manifest kept changing while it was read (two builds at once?): try again")
+
+
+class Progress:
+    """Bytes, rate and ETA: one redrawn line on a terminal, a plain line per 10 % otherwise."""
+
+    def __init__(self, label: str, total_bytes: int, stream=None, already_bytes: int = 0) -> None:
+        self.label, self.total = label, max(total_bytes, 1)
+        self.already = already_bytes  # files rsync will skip: progress2 counts only what it sends
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.last_draw, self.last_decile = 0.0, -1
+
+    def update(self, done_bytes: int, rate: str = "", eta: str = "") -> None:
+        """Show progress, rate-limited."""
+        done = min(self.already + done_bytes, self.total)
+        pct = 100.0 * done / self.total
+        line = f"{self.label}: {human(done)} / {human(self.total)} ({pct:.0f}%) {rate} ETA {eta}".rstrip()
+        if self.tty:
+            now = time.monotonic()
+            if now - self.last_draw >= 0.2 or done >= self.total:
+                self.stream.write("\r\x1b[K" + line)
+                self.stream.flush()
+                self.last_draw = now
+        elif int(pct // 10) > self.last_decile and self.total >= QUIET_BELOW_BYTES:
+            self.last_decile = int(pct // 10)
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def done(self, complete: bool) -> None:
+        """End the redrawn line; a finished transfer shows 100 %."""
+        if complete:
+            self.already = self.total
+            self.update(0)
+        if self.tty and self.last_draw:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def rsync_argv(transport: Transport, run_dir: str, dest: str, list_file: str, opts: PullOptions,
+               force: bool = False) -> list[str]:
+    """The pull's rsync command line (data only in argv: paths come through --files-from)."""
+    argv = ["rsync", *transport.rsync_args(), "-t", "--no-whole-file", f"--partial-dir={verify.PARTIAL_DIR}",
+            f"--timeout={opts.io_timeout_s}", "--from0", f"--files-from={list_file}", "--info=progress2",
+            "--stats", "--no-human-readable"]
+    if opts.bwlimit_kbps:
+        argv.append(f"--bwlimit={opts.bwlimit_kbps}")
+    if force:
+        argv.append("--ignore-times")  # a local file with the box's size and mtime but other bytes
+    return [*argv, transport.rsync_target(run_dir.rstrip("/") + "/"), dest.rstrip("/") + "/"]
+
+
+def run_rsync(argv: list[str], progress: Optional[Progress]) -> RsyncRun:
+    """Run rsync, feeding its progress2 lines to ``progress``; never leaves it running behind us."""
+    with tempfile.TemporaryFile() as errf:
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errf, stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise RgtError("rsync is not installed on this machine: install it (apt-get install rsync)") from None
+        out, buf = b"", b""
+        try:
+            while True:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                out = (out + chunk)[-65536:]
+                buf += chunk
+                *parts, buf = re.split(rb"[\r\n]", buf)
+                for part in parts:
+                    m = PROGRESS_RE.match(part)
+                    if m and progress is not None:
+                        progress.update(int(m.group(1)), m.group(3).decode(), m.group(4).decode())
+            rc = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
+            proc.stdout.close()
+        errf.seek(0)
+        err = errf.read().decode(errors="replace").strip()
+    stats = {k.decode(): int(v.replace(b",", b"")) for k, v in STAT_RE.findall(out)}
+    data = max(stats.values()) if stats else None  # a pull's payload is the larger direction
+    return RsyncRun(rc, data, err[-2000:])
+
+
+def _last_line(err: str) -> str:
+    lines = [x for x in err.splitlines() if x.strip()]
+    return lines[-1] if lines else ""
+
+
+def clean_strays(dest: str, m: Manifest) -> None:
+    """Remove rsync's temp files (``.<name>.XXXXXX``) that a SIGKILLed transfer left beside entries."""
+    by_dir: dict[str, set] = {}
+    for e in m.entries:
+        d, _, base = e.path.rpartition("/")
+        by_dir.setdefault(d, set()).add(base)
+    for d, names in by_dir.items():
+        full = os.path.join(dest, d)
+        try:
+            present = os.listdir(full)
+        except OSError:
+            continue
+        for name in present:
+            m2 = re.fullmatch(r"\.(.+)\.[A-Za-z0-9]{6}", name)
+            if m2 and m2.group(1) in names and name not in names and os.path.isfile(os.path.join(full, name)):
+                os.unlink(os.path.join(full, name))
+
+
+def _present_bytes(dest: str, entries: list) -> int:
+    """Bytes of entries already here at full size (what rsync's quick check will likely skip)."""
+    total = 0
+    for e in entries:
+        try:
+            if os.lstat(os.path.join(dest, e.path)).st_size == e.size_bytes:
+                total += e.size_bytes
+        except OSError:
+            continue
+    return total
+
+
+@dataclass
+class RoundResult:
+    """What one pull round did."""
+
+    report: verify.Report
+    final: bool
+    interrupted: bool
+    data_bytes: int = 0
+    checkpoint_files: int = 0
+
+
+def pull_round(transport: Transport, rec: RunRecord, dest: str, opts: PullOptions, argv: list[str],
+               echo: Echo, full_hash: bool = True) -> RoundResult:
+    """Manifest, transfer, verify once. Raises on a transfer that retries could not finish."""
+    bm = box_manifest(transport, rec, argv, opts.manifest_timeout_s)
+    for n in bm.notes:
+        echo(f"box: {n}")
+    m = bm.manifest
+    if not any(e.kind in ("artifact", "checkpoint") for e in m.entries):
+        raise RgtError(f"run {rec.run_id} is still going and has no verified checkpoint yet: nothing to pull "
+                       "(try later, or `rgt pull --follow`)")
+    os.makedirs(dest, mode=0o700, exist_ok=True)
+    trusted = {} if full_hash else verify.trusted_from(dest)
+    verify.invalidate(dest)  # the tree is about to change: no stale proof may outlive this line
+    atomic_write(os.path.join(dest, verify.MANIFEST_NAME), bm.raw, 0o644)
+    live = m.live()
+    total = sum(e.size_bytes for e in live)
+    echo(f"pull {rec.run_id}: manifest {m.sha256[:12]}, {len(live)} files, {human(total)}"
+         + ("" if bm.final else " (the run is still going: checkpoints only)"))
+    data, interrupted, send, force = 0, False, live, False
+    for attempt in range(1, opts.attempts + 1):
+        with tempfile.NamedTemporaryFile(prefix="rgt-files-from-") as lf:
+            lf.write(b"".join(e.path.encode() + b"\0" for e in send))
+            lf.flush()
+            progress = Progress(f"pull {rec.run_id}", sum(e.size_bytes for e in send),
+                                already_bytes=0 if force else _present_bytes(dest, send))
+            run = run_rsync(rsync_argv(transport, rec.run_dir, dest, lf.name, opts, force), progress)
+            progress.done(run.rc == 0)
+        data += run.data_bytes or 0
+        if run.rc == 0:
+            clean_strays(dest, m)
+            rep = verify.verify_tree(dest, m, opts.allow_pickle, opts.jobs, None if interrupted else trusted)
+            if rep.resend and not force and attempt < opts.attempts:
+                echo(f"{len(rep.resend)} file(s) differ from the box after the transfer: sending them again")
+                by_path = {e.path: e for e in m.live()}
+                send, force, interrupted = [by_path[p] for p in rep.resend if p in by_path], True, True
+                continue
+            if rep.ok:
+                verify.write_verified(dest, rep, opts.allow_pickle)
+            return RoundResult(rep, bm.final, interrupted, data, len([e for e in live if e.kind == "checkpoint"]))
+        interrupted = True
+        if run.rc in NO_RETRY or run.rc < 0 or attempt >= opts.attempts:
+            break
+        wait_s = min(opts.backoff_s * 2 ** (attempt - 1), 60.0)
+        echo(f"rsync stopped (exit {run.rc}: {_last_line(run.err)}); retry {attempt}/{opts.attempts - 1} "
+             f"in {wait_s:.0f}s")
+        time.sleep(wait_s)
+        if run.rc in VANISHED:
+            bm = box_manifest(transport, rec, argv, opts.manifest_timeout_s)
+            m, live = bm.manifest, bm.manifest.live()
+            send = live
+            atomic_write(os.path.join(dest, verify.MANIFEST_NAME), bm.raw, 0o644)
+    msg = (f"the transfer of {rec.run_id} stopped (rsync exit {run.rc}: {_last_line(run.err)}); what arrived is kept "
+           f"in {verify.PARTIAL_DIR}/: run `rgt pull {rec.run_id}` again to resume")
+    if run.rc in LINK_DOWN:
+        raise TransportError(msg)
+    raise RgtError(msg)
+
+
+def remember_dest(registry: Registry, rec: RunRecord, dest: str) -> None:
+    """Keep the pull's destination in the run's registry entry, when the run is registered."""
+    if (registry.dir / f"{rec.run_id}.json").exists() and rec.pull_dest != dest:
+        rec.pull_dest = dest
+        try:
+            registry.save(rec)
+        except OSError:
+            pass  # a full laptop disk must not undo a verified pull
+
+
+def describe(rep: verify.Report, dest: str) -> str:
+    """The one line a verified pull ends with."""
+    return (f"verified: {rep.files} files, {human(rep.bytes)}, {rep.checkpoints} checkpoint(s) safe-loaded; "
+            f"wrote {os.path.join(dest, verify.VERIFIED_NAME)} "
+            f"(run {rep.run_id}, manifest {str(rep.manifest_sha256)[:12]})")
+
+
+def fail_line(rep: verify.Report) -> str:
+    """The error for a failed verification (the problems themselves are printed one per line)."""
+    return f"verification failed: {len(rep.problems)} problem(s); nothing was unlocked"
+
+
+def pull(registry: Registry, transport: Transport, rec: RunRecord, opts: PullOptions, echo: Echo) -> verify.Report:
+    """`rgt pull` once; raises RgtError (exit 1) listing problems through ``echo`` when verification fails."""
+    dest = os.path.abspath(opts.dest or rec.pull_dest or default_dest(rec.run_id))
+    argv = agent_argv(transport, rec)
+    res = pull_round(transport, rec, dest, opts, argv, echo, full_hash=True)
+    return _finish(registry, rec, dest, res, echo)
+
+
+def _finish(registry: Registry, rec: RunRecord, dest: str, res: RoundResult, echo: Echo) -> verify.Report:
+    if not res.report.ok:
+        for p in res.report.problems:
+            echo(p)
+        raise RgtError(fail_line(res.report))
+    remember_dest(registry, rec, dest)
+    echo(f"rsync moved {human(res.data_bytes)} ({res.data_bytes} bytes)"
+         + ("; the transfer was interrupted or retried, so every file was hashed again" if res.interrupted else ""))
+    echo(describe(res.report, dest))
+    if res.final:
+        echo(f"next: `rgt down {rec.run_id}` checks this pull again before anything is released")
+    else:
+        echo(f"the run is still going: pull again when it ends (or `rgt pull {rec.run_id} --follow`)")
+    return res.report
+
+
+def follow(registry: Registry, transport: Transport, rec: RunRecord, opts: PullOptions, echo: Echo,
+           sleep: Callable[[float], None] = time.sleep) -> verify.Report:
+    """Pull round after round until the run ends; a round that fails is reported and the next one tries again."""
+    dest = os.path.abspath(opts.dest or rec.pull_dest or default_dest(rec.run_id))
+    argv = agent_argv(transport, rec)
+    misses = 0
+    while True:
+        try:
+            bm = box_manifest(transport, rec, argv, opts.manifest_timeout_s)
+            rec_v = _current(dest, bm.manifest.sha256)
+            if rec_v and not bm.final:
+                res = None
+            else:
+                res = pull_round(transport, rec, dest, opts, argv, echo, full_hash=bm.final)
+            misses = 0
+        except TransportError as e:
+            misses += 1
+            echo(f"box unreachable ({e}); the run may still be going; trying again")
+            res = None
+        except BoxRefused:
+            raise  # an empty or unsafe roster does not fix itself
+        except (RgtError, OSError) as e:
+            echo(f"this round did not finish: {e}")
+            res = None
+        if res is not None:
+            if res.final:
+                return _finish(registry, rec, dest, res, echo)
+            if res.report.ok:
+                remember_dest(registry, rec, dest)
+                echo(describe(res.report, dest) + f"; the box has {res.checkpoint_files} live checkpoint file(s)")
+            else:
+                for p in res.report.problems:
+                    echo(p)
+        sleep(min(opts.interval_s * (2 ** min(misses, 4)), 600.0))
+
+
+def _current(dest: str, sha: str) -> bool:
+    """True when ``dest`` already holds a verified pull of this exact manifest, untouched since."""
+    try:
+        rec = verify.read_verified(dest)
+    except RgtError:
+        return False
+    if rec is None or rec.get("manifest_sha256") != sha:
+        return False
+    now = {rel: verify.fp_of(st) for rel, st in verify.scan_tree(dest).items()}
+    return now == verify.recorded_fingerprint(rec)
