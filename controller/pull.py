@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -24,15 +22,13 @@ from rgt.shared.manifest import Manifest, ManifestError
 
 from . import verify
 from .registry import Registry, RunRecord
+from .rsyncrun import Progress, human, last_line, run_rsync
 from .transport.base import Transport
 
 NO_RETRY = {1, 2, 4, 6, 20}  # usage, protocol, unsupported, daemon log; 20: a signal (Ctrl-C, SIGTERM)
 VANISHED = {23, 24}  # the box's tree moved under the transfer: build the manifest again
 LINK_DOWN = {10, 12, 30, 35, 255}
-PROGRESS_RE = re.compile(rb"^\s*(\d+)\s+(\d+)%\s+(\S+/s)\s+(\d+:\d\d:\d\d)")
-STAT_RE = re.compile(rb"^Total bytes (sent|received):\s*([\d,]+)", re.M)
 Echo = Callable[[str], None]
-QUIET_BELOW_BYTES = 16 << 20  # no progress lines in logs for small pulls
 
 
 def _env_num(name: str, default: float) -> float:
@@ -69,23 +65,6 @@ class BoxManifest(NamedTuple):
     raw: bytes
     final: bool
     notes: list
-
-
-class RsyncRun(NamedTuple):
-    """One rsync invocation: exit code, data bytes moved (from --stats) and the end of stderr."""
-
-    rc: int
-    data_bytes: Optional[int]
-    err: str
-
-
-def human(n: float) -> str:
-    """Bytes for people: 912 B, 4.2 MB, 1.3 GB."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    return f"{n:,.1f} TB"
 
 
 def default_dest(run_id: str) -> str:
@@ -128,42 +107,6 @@ def box_manifest(transport: Transport, rec: RunRecord, argv: list[str], timeout_
     raise RgtError("the box's manifest kept changing while it was read (two builds at once?): try again")
 
 
-class Progress:
-    """Bytes, rate and ETA: one redrawn line on a terminal, a plain line per 10 % otherwise."""
-
-    def __init__(self, label: str, total_bytes: int, stream=None, already_bytes: int = 0) -> None:
-        self.label, self.total = label, max(total_bytes, 1)
-        self.already = already_bytes  # files rsync will skip: progress2 counts only what it sends
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.last_draw, self.last_decile = 0.0, -1
-
-    def update(self, done_bytes: int, rate: str = "", eta: str = "") -> None:
-        """Show progress, rate-limited."""
-        done = min(self.already + done_bytes, self.total)
-        pct = 100.0 * done / self.total
-        line = f"{self.label}: {human(done)} / {human(self.total)} ({pct:.0f}%) {rate} ETA {eta}".rstrip()
-        if self.tty:
-            now = time.monotonic()
-            if now - self.last_draw >= 0.2 or done >= self.total:
-                self.stream.write("\r\x1b[K" + line)
-                self.stream.flush()
-                self.last_draw = now
-        elif int(pct // 10) > self.last_decile and self.total >= QUIET_BELOW_BYTES:
-            self.last_decile = int(pct // 10)
-            self.stream.write(line + "\n")
-            self.stream.flush()
-
-    def done(self, complete: bool) -> None:
-        """End the redrawn line; a finished transfer shows 100 %."""
-        if complete:
-            self.already = self.total
-            self.update(0)
-        if self.tty and self.last_draw:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def rsync_argv(transport: Transport, run_dir: str, dest: str, list_file: str, opts: PullOptions,
                force: bool = False) -> list[str]:
     """The pull's rsync command line (data only in argv: paths come through --files-from)."""
@@ -175,44 +118,6 @@ def rsync_argv(transport: Transport, run_dir: str, dest: str, list_file: str, op
     if force:
         argv.append("--ignore-times")  # a local file with the box's size and mtime but other bytes
     return [*argv, transport.rsync_target(run_dir.rstrip("/") + "/"), dest.rstrip("/") + "/"]
-
-
-def run_rsync(argv: list[str], progress: Optional[Progress]) -> RsyncRun:
-    """Run rsync, feeding its progress2 lines to ``progress``; never leaves it running behind us."""
-    with tempfile.TemporaryFile() as errf:
-        try:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errf, stdin=subprocess.DEVNULL)
-        except FileNotFoundError:
-            raise RgtError("rsync is not installed on this machine: install it (apt-get install rsync)") from None
-        out, buf = b"", b""
-        try:
-            while True:
-                chunk = os.read(proc.stdout.fileno(), 65536)
-                if not chunk:
-                    break
-                out = (out + chunk)[-65536:]
-                buf += chunk
-                *parts, buf = re.split(rb"[\r\n]", buf)
-                for part in parts:
-                    m = PROGRESS_RE.match(part)
-                    if m and progress is not None:
-                        progress.update(int(m.group(1)), m.group(3).decode(), m.group(4).decode())
-            rc = proc.wait()
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(30)
-            proc.stdout.close()
-        errf.seek(0)
-        err = errf.read().decode(errors="replace").strip()
-    stats = {k.decode(): int(v.replace(b",", b"")) for k, v in STAT_RE.findall(out)}
-    data = max(stats.values()) if stats else None  # a pull's payload is the larger direction
-    return RsyncRun(rc, data, err[-2000:])
-
-
-def _last_line(err: str) -> str:
-    lines = [x for x in err.splitlines() if x.strip()]
-    return lines[-1] if lines else ""
 
 
 def clean_strays(dest: str, m: Manifest) -> None:
@@ -299,7 +204,7 @@ def pull_round(transport: Transport, rec: RunRecord, dest: str, opts: PullOption
         if run.rc in NO_RETRY or run.rc < 0 or attempt >= opts.attempts:
             break
         wait_s = min(opts.backoff_s * 2 ** (attempt - 1), 60.0)
-        echo(f"rsync stopped (exit {run.rc}: {_last_line(run.err)}); retry {attempt}/{opts.attempts - 1} "
+        echo(f"rsync stopped (exit {run.rc}: {last_line(run.err)}); retry {attempt}/{opts.attempts - 1} "
              f"in {wait_s:.0f}s")
         time.sleep(wait_s)
         if run.rc in VANISHED:
@@ -307,7 +212,7 @@ def pull_round(transport: Transport, rec: RunRecord, dest: str, opts: PullOption
             m, live = bm.manifest, bm.manifest.live()
             send = live
             atomic_write(os.path.join(dest, verify.MANIFEST_NAME), bm.raw, 0o644)
-    msg = (f"the transfer of {rec.run_id} stopped (rsync exit {run.rc}: {_last_line(run.err)}); what arrived is kept "
+    msg = (f"the transfer of {rec.run_id} stopped (rsync exit {run.rc}: {last_line(run.err)}); what arrived is kept "
            f"in {verify.PARTIAL_DIR}/: run `rgt pull {rec.run_id}` again to resume")
     if run.rc in LINK_DOWN:
         raise TransportError(msg)

@@ -1,0 +1,109 @@
+"""Running rsync for a pull on the laptop: progress (bytes, rate, ETA) from --info=progress2, and --stats."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from typing import NamedTuple, Optional
+
+from rgt.shared.errors import RgtError
+
+PROGRESS_RE = re.compile(rb"^\s*(\d+)\s+(\d+)%\s+(\S+/s)\s+(\d+:\d\d:\d\d)")
+STAT_RE = re.compile(rb"^Total bytes (sent|received):\s*([\d,]+)", re.M)
+QUIET_BELOW_BYTES = 16 << 20  # no progress lines in logs for small pulls
+
+
+class RsyncRun(NamedTuple):
+    """One rsync invocation: exit code, data bytes moved (from --stats) and the end of stderr."""
+
+    rc: int
+    data_bytes: Optional[int]
+    err: str
+
+
+def human(n: float) -> str:
+    """Bytes for people: 912 B, 4.2 MB, 1.3 GB."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:,.1f} TB"
+
+
+class Progress:
+    """Bytes, rate and ETA: one redrawn line on a terminal, a plain line per 10 % otherwise."""
+
+    def __init__(self, label: str, total_bytes: int, stream=None, already_bytes: int = 0) -> None:
+        self.label, self.total = label, max(total_bytes, 1)
+        self.already = already_bytes  # files rsync will skip: progress2 counts only what it sends
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.last_draw, self.last_decile = 0.0, -1
+
+    def update(self, done_bytes: int, rate: str = "", eta: str = "") -> None:
+        """Show progress, rate-limited."""
+        done = min(self.already + done_bytes, self.total)
+        pct = 100.0 * done / self.total
+        line = f"{self.label}: {human(done)} / {human(self.total)} ({pct:.0f}%) {rate} ETA {eta}".rstrip()
+        if self.tty:
+            now = time.monotonic()
+            if now - self.last_draw >= 0.2 or done >= self.total:
+                self.stream.write("\r\x1b[K" + line)
+                self.stream.flush()
+                self.last_draw = now
+        elif int(pct // 10) > self.last_decile and self.total >= QUIET_BELOW_BYTES:
+            self.last_decile = int(pct // 10)
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def done(self, complete: bool) -> None:
+        """End the redrawn line; a finished transfer shows 100 %."""
+        if complete:
+            self.already = self.total
+            self.update(0)
+        if self.tty and self.last_draw:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def run_rsync(argv: list[str], progress: Optional[Progress]) -> RsyncRun:
+    """Run rsync, feeding its progress2 lines to ``progress``; never leaves it running behind us."""
+    with tempfile.TemporaryFile() as errf:
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errf, stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise RgtError("rsync is not installed on this machine: install it (apt-get install rsync)") from None
+        out, buf = b"", b""
+        try:
+            while True:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                out = (out + chunk)[-65536:]
+                buf += chunk
+                *parts, buf = re.split(rb"[\r\n]", buf)
+                for part in parts:
+                    m = PROGRESS_RE.match(part)
+                    if m and progress is not None:
+                        progress.update(int(m.group(1)), m.group(3).decode(), m.group(4).decode())
+            rc = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
+            proc.stdout.close()
+        errf.seek(0)
+        err = errf.read().decode(errors="replace").strip()
+    stats = {k.decode(): int(v.replace(b",", b"")) for k, v in STAT_RE.findall(out)}
+    data = max(stats.values()) if stats else None  # a pull's payload is the larger direction
+    return RsyncRun(rc, data, err[-2000:])
+
+
+def last_line(err: str) -> str:
+    """The last non-empty line of rsync's stderr."""
+    lines = [x for x in err.splitlines() if x.strip()]
+    return lines[-1] if lines else ""
