@@ -20,6 +20,7 @@ from rgt.shared.status import Status, parse_status
 
 from . import launch, procs
 from .cells import CellBook, acquire_gpu_leases
+from .ckpt.pipeline import CheckpointPipeline
 from .runner import WaiterRunner, read_record
 from .runplan import RunPlan
 from .statusbuild import StatusBuilder
@@ -73,6 +74,7 @@ class Daemon(RunPlan):
         self.final: Optional[Tuple[RunState, str]] = None
         self.sup = self._new_supervisor(None, 0)
         self.builder.sentinels = self._build_sentinels()
+        self.builder.pipeline = CheckpointPipeline(spec, paths, self.journal, log, launch.verify_argv_prefix(spec))
         self.builder.notifier = self._build_notifier()
         self.last_tick: Optional[float] = None
 
@@ -160,6 +162,7 @@ class Daemon(RunPlan):
     def close(self) -> None:
         """Release NVML and files; give pending notifications a last chance."""
         self.builder.sentinels.close()
+        self.builder.pipeline.close()
         if self.builder.notifier is not None:
             self.builder.notifier.close()
         os.close(self.agent_log_fd)
@@ -191,6 +194,7 @@ class Daemon(RunPlan):
             req = read_record(self.paths.stop_request) or {}
             self.sup.request_stop(req.get("reason") or "stop requested")
         self.builder.poll_inputs(now)
+        self.builder.on_checkpoints(self.builder.pipeline.tick(now), now)
         self.builder.on_alerts(self.builder.sentinels.tick(now))
         self.sup.step()
         if self.sup.last_end is not None and self.sup.last_end.attempt not in self.builder.ended_attempts:
@@ -206,9 +210,22 @@ class Daemon(RunPlan):
         except OSError as e:
             log.warning("status.json not written (%s); the previous one stays", e)
 
+    def drain_checkpoints(self, timeout_s: float = 300.0) -> None:
+        """Before the marker: let the last checkpoints settle and verify, so DONE never races them."""
+        pipeline = self.builder.pipeline
+        pipeline.set_trainer_running(False)
+        deadline = time.monotonic() + timeout_s
+        pipeline.tick(time.monotonic())
+        while pipeline.pending() and time.monotonic() < deadline:
+            time.sleep(0.1)
+            pipeline.tick(time.monotonic())
+        if pipeline.pending():
+            self.journal.append("ckpt_drain_timeout", pending=pipeline.pending(), timeout_s=timeout_s)
+
     def finish(self) -> None:
         """Write the completion marker and the final status."""
         assert self.final is not None
+        self.drain_checkpoints()
         state, reason = self.final
         self.builder.final_state = state
         st = self.builder.build(time.time())

@@ -30,6 +30,29 @@ def self_argv(*args: str) -> List[str]:
     return [sys.executable, "-m", "rgt.agent", *args]
 
 
+def trainer_python(spec: RunSpec) -> str:
+    """The interpreter of the trainer (the one with torch), to verify checkpoints under.
+
+    The command's own python when it starts with one (``python train.py``), else the spec's.
+    """
+    import shutil
+
+    cmd = spec.command or (spec.cells[0]["command"] if spec.cells else [])
+    if cmd and os.path.basename(cmd[0]).startswith("python"):
+        path = spec.env.get("PATH") or os.environ.get("PATH")
+        return shutil.which(cmd[0], path=path) or cmd[0]
+    return spec.python or sys.executable
+
+
+def verify_argv_prefix(spec: RunSpec) -> List[str]:
+    """How the checkpoint pipeline runs `verify-ckpt` under the trainer's python."""
+    python = spec.extra.get("verify_python") or trainer_python(spec)
+    archive = archive_path()
+    if archive:
+        return [python, archive, "verify-ckpt"]
+    return [python, "-m", "rgt.agent", "verify-ckpt"]
+
+
 def attempt_header(attempt: int) -> str:
     """The line the waiter writes before each attempt, so a classifier reads only this attempt's tail."""
     return ATTEMPT_HEADER.format(attempt=attempt)
@@ -71,6 +94,9 @@ def trainer_env(spec: RunSpec, paths: RunPaths, attempt: int, resume_from: Optio
     })
     if spec.extra.get("mtbf_s"):
         env["RGT_MTBF_S"] = str(spec.extra["mtbf_s"])
+    # Interruptions seen so far (crashes and preemptions alike), for the MTBF the helper observes.
+    env["RGT_RUN_STARTED_AT"] = str(spec.created_at)
+    env["RGT_RESTARTS"] = str(max(0, attempt - 1))
     if spec.extra.get("save_every_s"):
         env["RGT_SAVE_EVERY_S"] = str(spec.extra["save_every_s"])
     if spec.gpus is not None:

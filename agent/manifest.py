@@ -121,8 +121,11 @@ def checkpoints(paths: RunPaths, spec: RunSpec, final: bool) -> Tuple[Roster, Di
             if os.path.isdir(top) and not os.path.islink(top):  # what is there now, not what was listed
                 files = [(_rel(paths, f), None, None, None, None) for f in _walk_files(top)]
             else:
-                files = [(f"{rel}/{f['rel']}", f.get("size_bytes"), f.get("sha256"), None, None)
-                         for f in rec.get("files") or [] if isinstance(f, dict) and isinstance(f.get("rel"), str)]
+                # The index lists a directory's files by run-relative "path" (older records: "rel").
+                files = [(f["path"] if isinstance(f.get("path"), str) else f"{rel}/{f['rel']}", f.get("size_bytes"),
+                          f.get("sha256"), None, None)
+                         for f in rec.get("files") or []
+                         if isinstance(f, dict) and isinstance(f.get("path") or f.get("rel"), str)]
         if rec.get("sidecar"):
             files.append((_sidecar(rel, rec["sidecar"]), None, None, None, None))
         for path, size, sha, mtime_ns, ino in files:

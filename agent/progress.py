@@ -116,7 +116,9 @@ def read_helper_progress(status_dir: str) -> Optional[Progress]:
         return None
     if not isinstance(d, dict):
         return None
-    metrics = d.get("metrics") if isinstance(d.get("metrics"), dict) else {}
+    metrics = dict(d.get("metrics")) if isinstance(d.get("metrics"), dict) else {}
+    if d.get("nonfinite"):
+        metrics["_nonfinite"] = list(d["nonfinite"])  # the helper writes NaN/inf as null and names them here
     return Progress(
         step=d.get("step"), total_steps=d.get("total_steps"), loss=d.get("loss"), metrics=metrics,
         phase=d.get("phase"), updated_at=d.get("updated_at"), source="helper",

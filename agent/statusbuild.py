@@ -51,6 +51,8 @@ class StatusBuilder:
         """Read progress from the helper or the log; a change feeds the stall clock."""
         changed = self.logp.poll(time.time())
         helper = read_helper_progress(launch.helper_dir(self.paths))
+        if helper is not None and "loss" in (helper.metrics.pop("_nonfinite", None) or ()):
+            self.logp.nan_seen = True
         if helper is not None and (self.progress.source != "helper" or helper.updated_at != self.progress.updated_at):
             if helper.updated_at != self.progress.updated_at:
                 changed = True
@@ -118,6 +120,14 @@ class StatusBuilder:
         for a in alerts:
             if a.level == "critical" and self.notifier is not None:
                 self.notifier.critical(a)
+
+    def on_checkpoints(self, events: List[Dict[str, Any]], now_mono: float) -> None:
+        """A newly verified checkpoint is progress too (a trainer with buffered stdout still advances)."""
+        if any(e.get("kind") == "ckpt_verified" for e in events) and self.sup is not None:
+            self.sup.note_progress(now_mono)
+        rec = read_record(self.paths.trainer_record)
+        running = bool(rec) and procs.is_same_process(rec.get("pid"), rec.get("start_time"))
+        self.pipeline.set_trainer_running(running)
 
     def note_pause(self, gap_s: float) -> None:
         """The agent itself was frozen or suspended: ticks were missing for ``gap_s``."""

@@ -10,7 +10,19 @@ NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def parse_secrets(text: str) -> Dict[str, str]:
-    """Parse secrets.env text; lines that are not NAME=value are ignored."""
+    """Parse secrets.env text; words that are not NAME=value are ignored.
+
+    The whole text is split at once, so a quoted value may span lines (a PEM key, a JSON credential);
+    a file that does not split (an unclosed quote) is read line by line instead.
+    """
+    try:
+        words = shlex.split(text, comments=True)
+    except ValueError:
+        return _parse_lines(text)
+    return {n: v for n, sep, v in (w.partition("=") for w in words) if sep and NAME_RE.match(n)}
+
+
+def _parse_lines(text: str) -> Dict[str, str]:
     out: Dict[str, str] = {}
     for line in text.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):

@@ -63,6 +63,7 @@ class Checkpoint:
     age_s: Optional[float] = None
     cadence_s: Optional[float] = None
     resume_from: Optional[str] = None
+    warning: Optional[str] = None  # unverified pickle, corrupt newest checkpoint, failed durable copy
 
 
 @dataclass

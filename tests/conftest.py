@@ -86,3 +86,30 @@ def env(tmp_path):
     from tests.helpers import Env
 
     return Env(tmp_path)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount real tmpfs filesystems (tiny disks, few inodes, read-only); all unmounted after the test.
+
+    ``tmpfs(name, options)`` returns the mount point as a str; it skips (fails in CI) where mounting
+    is not allowed.
+    """
+    import subprocess
+
+    mounted = []
+
+    def mount(name: str, options: str) -> str:
+        where = tmp_path / name
+        where.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        require_real(proc.returncode == 0, f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        mounted.append(str(where))
+        return str(where)
+
+    yield mount
+    for where in reversed(mounted):
+        subprocess.run(["umount", where], capture_output=True)
+        if os.path.ismount(where):
+            subprocess.run(["umount", "-l", where], capture_output=True)

@@ -1,30 +1,15 @@
 """Queues, stage chains, the disk gate, the sync gate, GPU leases and webhooks, with real processes and filesystems."""
 
 import json
-import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import pytest
 
 from rgt.controller.cells import parse_queue
 from rgt.shared.errors import BadInput
-from tests.conftest import require_real, wait_until
-
-
-def _mount(path, opts):
-    path.mkdir(parents=True, exist_ok=True)
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
-    require_real(p.returncode == 0, f"cannot mount tmpfs: {p.stderr.strip()}")
-    return path
-
-
-@pytest.fixture
-def mounts():
-    made = []
-    yield lambda path, opts: made.append(_mount(path, opts)) or made[-1]
-    for m in reversed(made):
-        subprocess.run(["umount", "-l", str(m)], check=False)
+from tests.conftest import wait_until
 
 
 def _marker(env, run_id):
@@ -60,8 +45,8 @@ def test_from_n_starts_at_the_nth_real_cell(env):
     assert [c["state"] for c in env.status("qf")["cells"]] == ["skipped", "succeeded", "succeeded"]
 
 
-def test_disk_below_the_floor_before_cell_2_aborts_it_and_cell_3_never_starts(env, mounts):
-    box = mounts(env.tmp / "smallbox", "size=48m")
+def test_disk_below_the_floor_before_cell_2_aborts_it_and_cell_3_never_starts(env, tmpfs):
+    box = Path(tmpfs("smallbox", "size=48m"))
     env.env["RGT_ROOT"], env.root = str(box), box
     (env.project / "q.txt").write_text(
         "fill: head -c 24000000 /dev/zero > $RGT_CELL_DIR/big.bin\nsecond: touch b.out\nthird: touch c.out\n")
@@ -102,8 +87,8 @@ def test_setup_stage_keeps_the_images_torch(env):
     assert "click>=8" in text and "numpy" in text and "\ntorch==" not in text
 
 
-def test_cell_whose_durable_dir_is_read_only_ends_sync_failed_despite_exit_0(env, mounts):
-    ro = mounts(env.tmp / "durable", "ro,size=1m")
+def test_cell_whose_durable_dir_is_read_only_ends_sync_failed_despite_exit_0(env, tmpfs):
+    ro = tmpfs("durable", "ro,size=1m")
     (env.project / "q.txt").write_text("train: echo weights > $RGT_CELL_DIR/best.pt\n")
     env.rgt("up", "local", "--run", "sync1", "--tick-s", "0.3", "--queue", "q.txt", "--durable-dir", str(ro),
             check=True)
@@ -114,8 +99,8 @@ def test_cell_whose_durable_dir_is_read_only_ends_sync_failed_despite_exit_0(env
     assert "Read-only file system" in marker["failure"]["evidence"]
 
 
-def test_cell_with_a_writable_durable_dir_copies_its_outputs(env, mounts):
-    durable = mounts(env.tmp / "durable2", "size=8m")
+def test_cell_with_a_writable_durable_dir_copies_its_outputs(env, tmpfs):
+    durable = Path(tmpfs("durable2", "size=8m"))
     (env.project / "q.txt").write_text("train: echo weights > $RGT_CELL_DIR/best.pt\n")
     env.rgt("up", "local", "--run", "sync2", "--tick-s", "0.3", "--queue", "q.txt", "--durable-dir",
             str(durable), check=True)

@@ -4,42 +4,19 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 
 import pytest
 
 from rgt.agent.sentinels import disk as disk_mod
 from rgt.agent.sentinels.disk import DiskSentinel, group_mounts, largest_entries
-from tests.conftest import require_real
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """Mount a tmpfs with the given options; unmounted in a finalizer."""
-    mounted = []
-
-    def mount(name: str, options: str) -> str:
-        where = tmp_path / name
-        where.mkdir()
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-                              capture_output=True, text=True)
-        require_real(proc.returncode == 0, f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-        mounted.append(str(where))
-        return str(where)
-
-    yield mount
-    for where in mounted:
-        subprocess.run(["umount", where], capture_output=True)
-        if os.path.ismount(where):
-            subprocess.run(["umount", "-l", where], capture_output=True)
 
 
 def _by_name(alerts, name):
     return next(a for a in alerts if a.name == name)
 
 
-def test_inode_exhaustion_warns_before_first_enospc(small_tmpfs):
-    ckpt = small_tmpfs("ckpt", "size=20m,nr_inodes=200")
+def test_inode_exhaustion_warns_before_first_enospc(tmpfs):
+    ckpt = tmpfs("ckpt", "size=20m,nr_inodes=200")
     sentinel = DiskSentinel({"ckpt": ckpt}, extra_dirs=())
     levels = []
     created = 0
@@ -62,8 +39,8 @@ def test_inode_exhaustion_warns_before_first_enospc(small_tmpfs):
     assert sentinel.host_fields()["inodes_free"] == 0
 
 
-def test_disk_full_is_critical_with_prune_request_naming_largest_paths(small_tmpfs):
-    ckpt = small_tmpfs("ckpt", "size=20m")
+def test_disk_full_is_critical_with_prune_request_naming_largest_paths(tmpfs):
+    ckpt = tmpfs("ckpt", "size=20m")
     os.mkdir(os.path.join(ckpt, "logs"))
     with open(os.path.join(ckpt, "logs", "trainer.log"), "wb") as f:
         f.write(b"x" * 100_000)

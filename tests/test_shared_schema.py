@@ -1,6 +1,6 @@
 import json
 import os
-import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -11,18 +11,11 @@ from rgt.shared.manifest import Entry, Manifest, ManifestError, build_manifest
 from rgt.shared.paths import generate_run_id, validate_run_id
 from rgt.shared.states import IllegalTransition, RunState, check_transition
 from rgt.shared.status import SCHEMA_VERSION, Status, StatusError, parse_status
-from tests.conftest import require_real
 
 
 @pytest.fixture
-def tiny_tmpfs(tmp_path):
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,nr_inodes=16", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    require_real(p.returncode == 0, f"cannot mount a tmpfs here: {p.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+def tiny_tmpfs(tmpfs):
+    return Path(tmpfs("tiny", "size=64k,nr_inodes=16"))
 
 
 def _fill_bytes(path):

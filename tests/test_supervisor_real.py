@@ -109,23 +109,6 @@ def memory_cgroup():
             time.sleep(0.1)
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    mounts = []
-
-    def mount(opts):
-        mnt = tmp_path / f"fs{len(mounts)}"
-        mnt.mkdir()
-        p = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], capture_output=True, text=True)
-        require_real(p.returncode == 0, f"cannot mount tmpfs: {p.stderr.strip()}")
-        mounts.append(mnt)
-        return mnt
-
-    yield mount
-    for mnt in mounts:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 def test_cgroup_oom_kill_is_oom_host_with_the_counter_as_evidence_and_not_retried(tmp_path, pyz, memory_cgroup):
     run = make_run_dir(tmp_path, "oom", ["sh", "-c", 'echo $$ > "$CG/cgroup.procs" && exec python3 alloc.py'],
                        code={"alloc.py": ALLOC}, tick_s=0.5, max_restarts=3, env={"CG": str(memory_cgroup)})
@@ -161,8 +144,8 @@ def test_keyerror_in_the_first_second_is_config_error_and_never_retried(tmp_path
     ("bytes", "size=2m,nr_inodes=1000", "disk_full"),
     ("inodes", "size=64m,nr_inodes=64", "inode_full"),
 ])
-def test_full_tmpfs_is_told_apart_bytes_from_inodes(tmp_path, pyz, small_tmpfs, mode, opts, expected):
-    fs = small_tmpfs(opts)
+def test_full_tmpfs_is_told_apart_bytes_from_inodes(tmp_path, pyz, tmpfs, mode, opts, expected):
+    fs = tmpfs("fs", opts)
     run = make_run_dir(tmp_path, f"full-{mode}", ["python3", "fill.py", mode], code={"fill.py": FILL},
                        tick_s=0.3, ckpt_dir=str(fs), backoff_s=0.1, max_restarts=3, min_free_bytes=0)
     _daemon(pyz, run)

@@ -1,0 +1,202 @@
+"""The checkpoint index of one run (agent, on the box): records, retention, resume target, status block.
+
+Owns ``ckpt_index.json`` in the run dir. Every method takes the lock; the worker thread writes records,
+the daemon's thread reads them.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import statistics
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+from ...shared.paths import RunPaths
+from ...shared.spec import RunSpec
+from ...shared.status import Checkpoint
+from . import retention, store
+from .scan import Fingerprint, fingerprint
+
+RESUMABLE = "verified"
+PICKLE = "unverified_pickle"
+
+
+def same(rec: Dict[str, Any], fp: Optional[Fingerprint]) -> bool:
+    """Whether the bytes on disk are still the version this record describes."""
+    return fp is not None and fp == Fingerprint(rec.get("size_bytes"), rec.get("mtime_ns"), rec.get("ino"),
+                                                rec.get("file_count"))
+
+
+class RecordBook:
+    """Index records by key (the path relative to the checkpoint dir)."""
+
+    def __init__(self, spec: RunSpec, paths: RunPaths, ckpt_dir: str, now: Callable[[], float] = time.time):
+        self.spec, self.paths, self.ckpt_dir, self._now = spec, paths, ckpt_dir, now
+        self.path = os.path.join(paths.root, store.INDEX_NAME)
+        self.best_metric = retention.parse_best_metric(spec.extra.get("best_metric"))
+        self.durable_keep_all = spec.extra.get("durable_keep") == "all"
+        self.durable_dir: Optional[str] = None
+        self.lock = threading.RLock()
+        self._records: Dict[str, Dict[str, Any]] = {}
+
+    def load(self) -> None:
+        """Read the index a previous agent left."""
+        with self.lock:
+            self._records = store.load_index(self.path)
+
+    def save(self) -> None:
+        """Atomically rewrite the index."""
+        with self.lock:
+            store.save_index(self.path, self.spec.run_id, os.path.abspath(self.ckpt_dir),
+                             sorted(self._records.values(), key=retention.order_key))
+
+    def resumable(self) -> Tuple[str, ...]:
+        """States that may become RGT_RESUME_FROM."""
+        return (RESUMABLE, PICKLE) if self.spec.allow_pickle else (RESUMABLE,)
+
+    def rel(self, path: str) -> str:
+        """A path relative to the run dir, or absolute when it lies outside."""
+        rel = os.path.relpath(path, self.paths.root)
+        return path if rel.startswith("..") else rel.replace(os.sep, "/")
+
+    def get(self, key: str) -> Optional[Dict[str, Any]]:
+        """A copy of one record."""
+        with self.lock:
+            rec = self._records.get(key)
+            return copy.deepcopy(rec) if rec is not None else None
+
+    def snapshot(self) -> Dict[str, Dict[str, Any]]:
+        """A copy of every record by key."""
+        with self.lock:
+            return copy.deepcopy(self._records)
+
+    def put(self, rec: Dict[str, Any]) -> None:
+        """Record a new version of a checkpoint, keeping our good durable copy of the older one."""
+        with self.lock:
+            prior = self._records.get(rec["key"]) or {}
+            rec["versions"] = int(prior.get("versions") or 0) + 1
+            if rec["durable"] is None and prior.get("durable") and not prior.get("durable_pruned"):
+                rec["durable"] = prior["durable"]
+            self._records[rec["key"]] = rec
+            self.save()
+
+    def update(self, key: str, **fields: Any) -> None:
+        """Change fields of one record and save."""
+        with self.lock:
+            self._records[key].update(fields)
+            self.save()
+
+    def mark_missing(self, present: Set[str], busy: Set[str], now: float) -> List[str]:
+        """Flag records whose checkpoint vanished without us (e.g. the trainer's own rotation); returns paths.
+
+        They count as pruned from then on: a pull finds them absent, which a pruned entry allows.
+        """
+        gone = []
+        with self.lock:
+            for key, rec in self._records.items():
+                if key in present or key in busy or rec.get("pruned") or rec.get("quarantined"):
+                    continue
+                rec.update(missing=True, missing_at=now, pruned=True, pruned_at=now,
+                           prune_reason="vanished: removed by the trainer or a person, not by rgt")
+                gone.append(rec["path"])
+            if gone:
+                self.save()
+        return gone
+
+    def retain(self, reason: str, busy: Set[str]) -> List[str]:
+        """Delete what retention does not keep, among checkpoints we verified whose bytes are unchanged."""
+        removed = []
+        with self.lock:
+            live = [r for r in self._records.values() if r["state"] in self.resumable()
+                    and not (r.get("pruned") or r.get("quarantined"))]
+            keep = retention.keep_set(live, self.spec.keep_last, self.best_metric)
+            for r in live:
+                path = os.path.join(self.ckpt_dir, r["key"])
+                if r["key"] in keep or r["key"] in busy or not same(r, fingerprint(path)):
+                    continue
+                store.remove_path(path)
+                if r.get("sidecar"):
+                    store.remove_path(os.path.join(os.path.dirname(path), r["sidecar"]))
+                durable = r.get("durable")
+                if durable and not self.durable_keep_all and self._ours(durable["path"]):
+                    store.remove_path(durable["path"])
+                    r["durable_pruned"] = True
+                r.update(pruned=True, pruned_at=self._now(), prune_reason=reason)
+                removed.append(path)
+            if removed:
+                self.save()
+        return removed
+
+    def _ours(self, path: str) -> bool:
+        return bool(self.durable_dir) and path.startswith(os.path.join(self.durable_dir or "", ""))
+
+    def resume_from(self) -> Optional[str]:
+        """Absolute path of the newest resumable checkpoint whose bytes are still the ones we verified.
+
+        A checkpoint rewritten or cut in place falls back to our durable copy of it, else to an older one.
+        """
+        best: Optional[Tuple[Tuple[int, int, str], str]] = None
+        for r in sorted(self.snapshot().values(), key=retention.order_key, reverse=True):
+            if best is not None and retention.order_key(r) <= best[0]:
+                break  # a durable copy is never newer than its record: nothing older can win
+            path = os.path.join(self.ckpt_dir, r["key"])
+            cand = None
+            if (r["state"] in self.resumable() and not (r.get("pruned") or r.get("quarantined"))
+                    and same(r, fingerprint(path))):
+                cand = (retention.order_key(r), path)
+            elif self._durable_ok(r):  # our copy of the last good version, e.g. of a latest.pt cut in place
+                d = r["durable"]
+                cand = (retention.order_key(dict(r, mtime_ns=d["mtime_ns"], step=d.get("step"))), d["path"])
+            if cand and (best is None or cand[0] > best[0]):
+                best = cand
+        return best[1] if best else None
+
+    def _durable_ok(self, r: Dict[str, Any]) -> bool:
+        d = r.get("durable")
+        if not d or d.get("state") not in self.resumable() or r.get("durable_pruned"):
+            return False
+        if r.get("is_dir"):
+            return os.path.isdir(d["path"])
+        return os.path.isfile(d["path"]) and os.path.getsize(d["path"]) == d["size_bytes"]
+
+    def records(self) -> List[Dict[str, Any]]:
+        """Index records, oldest first (what the manifest is built from)."""
+        return sorted(self.snapshot().values(), key=retention.order_key)
+
+    def status(self, now: float) -> Checkpoint:
+        """status.json's checkpoint block; ``warning`` is filled when the schema has that field."""
+        ok = [r for r in self.records() if r["state"] in self.resumable() and not r.get("quarantined")]
+        cp = Checkpoint()
+        if ok:
+            newest = ok[-1]
+            cp.last_path, cp.last_step, cp.sha256 = newest["path"], newest.get("step"), newest["sha256"]
+            cp.last_verified_at = newest.get("verified_at")
+            cp.age_s = max(0.0, now - newest["mtime_ns"] / 1e9)
+        times = [r["mtime_ns"] / 1e9 for r in ok[-6:]]
+        if len(times) >= 2:
+            cp.cadence_s = statistics.median(b - a for a, b in zip(times, times[1:]))
+        resume = self.resume_from()
+        cp.resume_from = self.rel(resume) if resume else None
+        warning = self.warning()
+        if warning and "warning" in {f.name for f in dataclasses.fields(cp)}:
+            cp.warning = warning  # type: ignore[attr-defined]
+        return cp
+
+    def warning(self) -> Optional[str]:
+        """One loud line when the newest checkpoint is not a good resume target, else None."""
+        recs = self.records()
+        newest = recs[-1] if recs else None
+        if newest is None:
+            return None
+        if newest["state"] in self.resumable():
+            if newest.get("durable_error"):
+                return f"durable copy of {newest['path']} failed: {newest['durable_error']}"
+            return None
+        if newest["state"] == PICKLE:
+            return (f"UNVERIFIED PICKLE: {newest['path']} needs full unpickling; "
+                    "not a resume target without --allow-pickle")
+        where = f"; moved to {newest['quarantined']}" if newest.get("quarantined") else ""
+        return f"newest checkpoint {newest['path']} is {newest['state']}: {newest['detail']}{where}"
