@@ -266,8 +266,8 @@ def test_unverified_pickle_is_a_resume_target_only_with_allow_pickle(rig):
     assert again.pipe.resume_from() == os.path.join(r.ckpt, "a_2.pt")
 
 
-def test_checkpoints_are_unverifiable_not_verified_when_the_trainer_python_lacks_torch(rig):
-    r = rig(prefix=[sys.executable, "-I", "-S", verify.__file__])  # -S: no site-packages, so no torch
+def test_checkpoints_are_unverifiable_not_verified_when_the_trainer_python_lacks_torch(rig, pyz):
+    r = rig(prefix=[sys.executable, "-I", "-S", pyz, "verify-ckpt"])  # -S: no site-packages, so no torch
     torch.save({"w": torch.ones(2)}, os.path.join(_mk(r.ckpt), "x.pt"))
     r.until(lambda: r.done("x.pt"), "x.pt checked")
     rec = r.record("x.pt")
