@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import select
@@ -42,13 +41,9 @@ class LockHeld(Exception):
 
 def take_lock(paths: RunPaths) -> int:
     """Flock agent.lock for our life and write our pid; raise LockHeld naming the holder."""
-    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").split()
-        os.close(fd)
-        raise LockHeld(holder[0] if holder else "?") from None
+    fd, holder = procs.try_flock(paths.lock)
+    if fd is None:
+        raise LockHeld(holder[0] if holder else "?")
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()} {procs.start_time(os.getpid())}\n".encode(), 0)
     return fd
@@ -126,10 +121,23 @@ class Daemon(RunPlan):
         os.set_blocking(r, False)
         signal.set_wakeup_fd(w)
         for sig, flag in ((signal.SIGCHLD, "child"), (signal.SIGUSR2, "wake"), (signal.SIGTERM, "term"),
-                          (signal.SIGINT, "term"), (signal.SIGUSR1, "wake")):
+                          (signal.SIGINT, "term"), (signal.SIGUSR1, "usr1")):
             signal.signal(sig, lambda s, f, flag=flag: self.flags.__setitem__(flag, True))
         signal.signal(signal.SIGHUP, lambda s, f: None)  # a handler, not SIG_IGN: children must not inherit it
         return r
+
+    def forward_save_request(self) -> None:
+        """SIGUSR1 (Slurm's --signal=B:USR1@lead) means "checkpoint now": pass it on to the trainer's group.
+
+        Not when a member of the group would die of it (no handler): then it is only journaled.
+        """
+        rec = self.runner.record() or {}
+        pid, started, tag = rec.get("pid"), rec.get("start_time") or 0.0, f"RGT_AGENT_TAG={rec.get('tag')}".encode()
+        doomed = procs.not_catching(pid, started, tag, signal.SIGUSR1) if pid else []
+        sent = bool(pid) and not doomed and procs.signal_tracked(pid, started, tag, signal.SIGUSR1)
+        why = None if sent else (f"pids {doomed} have no SIGUSR1 handler" if doomed else "no trainer running")
+        self.journal.append("save_request", signal="SIGUSR1", forwarded=sent, reason=why)
+        log.info("SIGUSR1: save request %s", "forwarded to the trainer" if sent else f"not forwarded: {why}")
 
     def _on_transition(self, old: RunState, new: RunState, reason: str) -> None:
         log.info("%s -> %s: %s", old.value, new.value, reason)
@@ -151,6 +159,8 @@ class Daemon(RunPlan):
                 self.journal.append("agent_exit", reason="SIGTERM to the agent; the trainer is left running")
                 self.write_status()
                 return 0
+            if self.flags.pop("usr1", False):
+                self.forward_save_request()
             self.flags.pop("wake", None)
             self.flags.pop("child", None)
             self.tick()

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import time
-from typing import Callable, List, NamedTuple, Optional
+from typing import Callable, List, Mapping, NamedTuple, Optional, Tuple
 
 PROC = "/proc"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _btime_cache: dict = {}
+
+
+def try_flock(path: str) -> Tuple[Optional[int], List[str]]:
+    """Take an exclusive flock without waiting: (fd, []) when taken; (None, the holder's note) when held.
+
+    The note is what the holder wrote into the file (an agent writes "pid start_time").
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        note = os.pread(fd, 128, 0).decode(errors="replace").split()
+        os.close(fd)
+        return None, note
+    return fd, []
 
 
 def _read(path: str) -> Optional[str]:
@@ -66,9 +82,18 @@ def boot_id(proc: str = PROC) -> str:
     return (_read(os.path.join(proc, "sys", "kernel", "random", "boot_id")) or "unknown").strip()
 
 
-def incarnation(proc: str = PROC) -> str:
-    """Boot id plus pid 1's start time: changes on a reboot and on a container restart."""
-    return f"{boot_id(proc)}:{start_time(1, proc) or 0:.2f}"
+def incarnation(proc: str = PROC, env: Optional[Mapping[str, str]] = None) -> str:
+    """Boot id plus pid 1's start time: changes on a reboot and on a container restart.
+
+    Inside a Slurm job the job id and its restart count are part of it too: a requeued job on the
+    same node keeps boot id and pid 1, but is a new incarnation all the same (its trainer was killed).
+    """
+    env = os.environ if env is None else env
+    base = f"{boot_id(proc)}:{start_time(1, proc) or 0:.2f}"
+    job = env.get("SLURM_JOB_ID")
+    if job:
+        base += f":slurm-{job}.{env.get('SLURM_RESTART_COUNT') or 0}"
+    return base
 
 
 def is_same_process(pid: Optional[int], started: Optional[float], proc: str = PROC) -> bool:
@@ -101,6 +126,30 @@ def group_members(pgid: int, run_tag: bytes, proc: str = PROC) -> List[int]:
         if st and st.pgid == pgid and st.state != "Z" and _environ_has(st.pid, run_tag, proc):
             pids.append(st.pid)
     return pids
+
+
+def catches(pid: int, sig: int, proc: str = PROC) -> Optional[bool]:
+    """Whether ``pid`` has a handler for (or ignores) ``sig``, from SigCgt/SigIgn; None when it is gone.
+
+    A signal whose default action is to terminate must not be sent to a process that does not expect it.
+    """
+    text = _read(os.path.join(proc, str(pid), "status"))
+    if text is None:
+        return None
+    bit = 1 << (int(sig) - 1)
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("SigCgt", "SigIgn") and int(value.strip() or "0", 16) & bit:
+            return True
+    return False
+
+
+def not_catching(leader: int, started: float, run_tag: bytes, sig: int, proc: str = PROC) -> List[int]:
+    """The live pids of the trainer's group that would die of ``sig`` (no handler, not ignored)."""
+    pids = set(group_members(leader, run_tag, proc))
+    if is_same_process(leader, started, proc):
+        pids.add(leader)
+    return sorted(p for p in pids if catches(p, sig, proc) is False)
 
 
 def signal_tracked(leader: int, started: float, run_tag: bytes, sig: int, proc: str = PROC) -> bool:

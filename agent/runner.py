@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import subprocess
+import time
 from typing import Any, Callable, Dict, Optional
 
 from rgt.shared.atomic import read_json
@@ -41,13 +41,10 @@ class WaiterRunner(Runner):
     # -- waiter liveness through its lock ---------------------------------------------------------
     def waiter_alive(self) -> bool:
         """True while some waiter of this run holds waiter.lock."""
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        fd, _ = procs.try_flock(self.lock_path)
+        if fd is None:
             return True
-        finally:
-            os.close(fd)  # closing drops our lock at once if we got it
+        os.close(fd)  # closing drops the lock we just took
         return False
 
     def reap(self) -> None:
@@ -65,9 +62,8 @@ class WaiterRunner(Runner):
         """Spawn the waiter with the lock already held, so no restarted agent can start a second one."""
         self.attempt = attempt
         self.ensure_leases()
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._take_waiter_lock()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             argv = launch.self_argv("waiter", self.paths.root, "--attempt", str(attempt), "--lock-fd", str(fd))
             if resume_from:
                 argv += ["--resume-from", resume_from]
@@ -79,6 +75,17 @@ class WaiterRunner(Runner):
             )
         finally:
             os.close(fd)
+
+    def _take_waiter_lock(self, wait_s: float = 10.0) -> int:
+        """waiter.lock for the new waiter; a previous waiter may take a moment to exit after exit.json."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            fd, _ = procs.try_flock(self.lock_path)
+            if fd is not None:
+                return fd
+            if time.monotonic() > deadline:
+                raise LaunchRefused("a waiter of this run is still alive; refusing to start a second trainer")
+            time.sleep(0.05)
 
     def ensure_leases(self) -> None:
         """Hold this run's GPU leases (acquired once; an adopted waiter may still hold them)."""

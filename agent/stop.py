@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import time
@@ -19,18 +18,14 @@ from .runner import read_record
 
 def _agent_holder(paths: RunPaths):
     """(pid, start_time) of the agent holding agent.lock, or None when no agent runs."""
-    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        words = os.pread(fd, 64, 0).decode(errors="replace").split()
+    fd, words = procs.try_flock(paths.lock)
+    if fd is not None:
         os.close(fd)
-        try:
-            return int(words[0]), float(words[1])
-        except (IndexError, ValueError):
-            return (0, 0.0)
-    os.close(fd)
-    return None
+        return None
+    try:
+        return int(words[0]), float(words[1])
+    except (IndexError, ValueError):
+        return (0, 0.0)
 
 
 def main(paths: RunPaths, reason: str, wait_s: float) -> int:
