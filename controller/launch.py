@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from rgt.shared.errors import BadInput, GateRefused, RgtError
 from rgt.shared.secrets import NAME_RE, format_secrets
@@ -33,6 +34,9 @@ class UpRequest:
     heartbeat_timeout_s: float = 60.0
     port: Optional[int] = None
     ssh_config: Optional[str] = None
+    scheduler_opts: Dict[str, Any] = field(default_factory=dict)  # e.g. Slurm's time and gpus, from flags
+    record_extra: Dict[str, Any] = field(default_factory=dict)  # into the registry record (a sweep's cell)
+    before_start: Optional[Callable[[Transport, str], None]] = None  # (transport, run_dir), e.g. push a checkpoint
 
 
 def collect_secrets(names: List[str], env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
@@ -103,6 +107,11 @@ def wait_heartbeat(transport: Transport, rec: RunRecord, timeout_s: float, after
 def up(registry: Registry, transport: Transport, req: UpRequest) -> RunRecord:
     """Put the run on the box and return once the agent's first heartbeat is there."""
     spec = req.spec.validate()
+    from .slurm import info, scheduler_for
+
+    sched = scheduler_for(spec.profile)  # the profile's `[launch] scheduler`: None means setsid/nohup
+    if sched is not None:
+        sched.prepare(spec, req.code_dir, req.scheduler_opts, info)
     root = transport.root
     run_dir = f"{root}/runs/{spec.run_id}"
     if transport.exists(f"{run_dir}/spec.json"):
@@ -120,9 +129,14 @@ def up(registry: Registry, transport: Transport, req: UpRequest) -> RunRecord:
         transport.write_file(f"{run_dir}/secrets.env", format_secrets(req.secret_values).encode(), "600")
     transport.write_file(f"{run_dir}/spec.json", spec.to_json(), "644")
     rec = RunRecord(run_id=spec.run_id, host=req.host, root=root, profile=spec.profile, port=req.port,
-                    ssh_config=req.ssh_config, python=python)
+                    ssh_config=req.ssh_config, python=python, extra=dict(req.record_extra))
     registry.save(rec)
-    pid = transport.start_agent(run_dir, python, archive)
+    if req.before_start is not None:
+        req.before_start(transport, run_dir)
+    if sched is not None:
+        sched.start(registry, transport, rec, python, archive, spec, req.heartbeat_timeout_s, info)
+        return rec
+    pid = transport.start_agent(run_dir, python, archive, drop_env=spec.secret_names)
     wait_heartbeat(transport, rec, req.heartbeat_timeout_s, agent_pid=pid)
     return rec
 
@@ -136,6 +150,16 @@ def resume(transport: Transport, rec: RunRecord, timeout_s: float = 60.0) -> str
         return f"run {rec.run_id} is {obs.view} with a live agent; nothing to do"
     python = rec.python or transport.find_python(["python3", "python"])[0]
     archive = ensure_pyz(transport, rec.root)
-    pid = transport.start_agent(rec.run_dir, python, archive, resume=True)
+    from .slurm import info, scheduler_for
+
+    sched = scheduler_for(rec.profile)
+    if sched is not None:
+        return sched.resume(Registry(), transport, rec, python, archive, timeout_s, info)
+    raw = transport.read_file(f"{rec.run_dir}/spec.json")
+    try:
+        secret_names = list(json.loads(raw or b"{}").get("secret_names") or [])
+    except ValueError:
+        secret_names = []
+    pid = transport.start_agent(rec.run_dir, python, archive, resume=True, drop_env=secret_names)
     wait_heartbeat(transport, rec, timeout_s, after_seq=obs.status.seq if obs.status else 0, agent_pid=pid)
     return f"run {rec.run_id}: agent pid {pid} took over"

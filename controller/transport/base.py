@@ -11,8 +11,8 @@ from rgt.shared.errors import RgtError
 # The clock first, then `exec cat`: one process fewer on the box per poll; cat's exit code is the answer's.
 READ_WITH_CLOCK = 'date "+@@rgt-now %s.%N"; exec cat -- "$1" 2>/dev/null'
 WRITE_STDIN = (
-    'umask 077; mkdir -p -- "$(dirname -- "$1")" && cat > "$1.rgt-tmp" && chmod "$2" "$1.rgt-tmp" '
-    '&& mv -f -- "$1.rgt-tmp" "$1"'
+    'umask 077; { mkdir -p -- "$(dirname -- "$1")" && cat > "$1.rgt-tmp" && chmod "$2" "$1.rgt-tmp" '
+    '&& mv -f -- "$1.rgt-tmp" "$1"; } || { rm -f -- "$1.rgt-tmp"; exit 1; }'
 )
 DETACH = (
     'cd -- "$1" && mkdir -p logs && setsid nohup "$2" -I "$3" daemon "$1" $4 >>"$1/logs/agent.out" 2>&1 '
@@ -102,14 +102,25 @@ class Transport:
             raise RgtError(f"no Python 3.8+ on {self.name} (tried {', '.join(candidates)}); pass --python PATH")
         return lines[0], lines[1]
 
-    def start_agent(self, run_dir: str, python: str, pyz: str, resume: bool = False) -> int:
-        """Start the agent detached (setsid, nohup); returns its pid."""
-        res = self.sh(DETACH, run_dir, python, pyz, "--resume" if resume else "")
+    def start_agent(self, run_dir: str, python: str, pyz: str, resume: bool = False,
+                    drop_env: Sequence[str] = ()) -> int:
+        """Start the agent detached (setsid, nohup); returns its pid.
+
+        ``drop_env`` names variables the agent must not inherit (the run's secrets, on a local box:
+        they reach the trainer through secrets.env only, as on a remote one).
+        """
+        res = self._detach(["sh", "-c", DETACH, "sh", run_dir, python, pyz, "--resume" if resume else ""],
+                           drop_env)
         try:
             return int(res.out.decode().split()[-1])
         except (IndexError, ValueError):
             why = res.err.decode(errors="replace")[:300]
             raise RgtError(f"could not start the agent on {self.name}: {why}") from None
+
+    def _detach(self, argv: List[str], drop_env: Sequence[str]) -> BoxResult:
+        """Run the detaching snippet; a remote box never sees this machine's environment anyway."""
+        del drop_env
+        return self.run(argv)
 
     def run_agent(self, args: Sequence[str], timeout_s: Optional[float] = 300.0,
                   python: Optional[str] = None) -> BoxResult:

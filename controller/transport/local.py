@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from typing import List, Optional, Sequence
 
@@ -24,6 +25,12 @@ class LocalTransport(Transport):
                                stdin=None if input is not None else subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise TransportError(f"local command timed out after {timeout_s}s: {argv[0]}") from None
+        return BoxResult(p.returncode, p.stdout, p.stderr)
+
+    def _detach(self, argv: List[str], drop_env: Sequence[str]) -> BoxResult:
+        """The agent starts from this process's environment minus the run's secrets."""
+        env = {k: v for k, v in os.environ.items() if k not in set(drop_env)}
+        p = subprocess.run(argv, capture_output=True, timeout=60, stdin=subprocess.DEVNULL, env=env)
         return BoxResult(p.returncode, p.stdout, p.stderr)
 
     def popen(self, argv: Sequence[str]) -> subprocess.Popen:
