@@ -96,6 +96,13 @@ def cmd_doctor(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reap(a: argparse.Namespace) -> int:
+    """List (or kill) proven GPU holders outside the run."""
+    from . import reap
+
+    return reap.main(_paths(a.run_dir), a.kill or [], a.min_age_s, a.device_prefix)
+
+
 def cmd_verify_ckpt(a: argparse.Namespace) -> int:
     """Safe-load checkpoints."""
     from .ckpt import verify
@@ -133,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("run_dir", nargs="?", default=".")
     dr.add_argument("--python", help="the trainer's python, whose torch is probed")
     dr.set_defaults(fn=cmd_doctor)
+    r = sub.add_parser("reap", help="list processes proven to hold a GPU device; --kill PID:START kills those")
+    r.add_argument("run_dir")
+    r.add_argument("--kill", action="append", metavar="PID:START_TIME")
+    r.add_argument("--min-age-s", type=float, default=120.0)
+    r.add_argument("--device-prefix", default="/dev/nvidia")
+    r.set_defaults(fn=cmd_reap)
     v = sub.add_parser("verify-ckpt", help="(internal) safe-load checkpoints, one JSON line each")
     v.add_argument("paths", nargs="+")
     v.set_defaults(fn=cmd_verify_ckpt)

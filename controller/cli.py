@@ -18,7 +18,7 @@ from rgt.shared.errors import RgtError
 COMMANDS = {
     "up": "up", "status": "status", "wait": "wait", "logs": "logs", "stop": "stop", "runs": "runs",
     "resume": "resume", "events": "events", "demo": "demo", "doctor": "doctor",
-    "profile": "profile",
+    "profile": "profile", "reap": "reap",
     "attach": "attach",
     "pull": "pull", "verify": "verify", "down": "down",
     "onstart": "onstart", "push": "push", "secrets": "secrets",
