@@ -6,6 +6,7 @@ import subprocess
 import pytest
 
 from rgt.agent import procs
+from rgt.shared.journal import read_journal
 from tests.conftest import require_real, wait_until
 from tests.helpers import agent_argv, make_run_dir, python_versions
 
@@ -94,13 +95,20 @@ def test_agent_survives_the_end_of_the_shell_that_started_it(env):
 def test_archive_runs_a_short_real_run_isolated_under_each_python(tmp_path, pyz, version):
     exe = python_versions().get(version)
     require_real(exe is not None, f"CPython {version} not installed (pyenv)")
-    run = make_run_dir(tmp_path, f"py{version.replace('.', '')}", [exe, "train.py"], tick_s=0.3,
-                       code={"train.py": "print('step=1 loss=0.5')\nprint('step=2 loss=0.25')\n"})
+    trainer = ("import os\nprint('step=1 loss=0.5')\n"
+               "open(os.path.join(os.environ['RGT_CKPT_DIR'], 'step_1.pt'), 'wb').write(b'not torch')\n"
+               "print('step=2 loss=0.25')\n")
+    run = make_run_dir(tmp_path, f"py{version.replace('.', '')}", [exe, "train.py"], tick_s=0.3, settle_s=0.2,
+                       code={"train.py": trainer})
     p = subprocess.run([exe, "-I", pyz, "daemon", str(run)], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert (run / "DONE").exists(), (run / "logs" / "agent.log").read_text()
     st = json.loads((run / "status.json").read_text())
     assert st["progress"]["step"] == 2 and st["state"] == "succeeded"
+    kinds = {r["kind"]: r for r in read_journal(str(run / "events.msgpack")).records}
+    assert kinds["ckpt_watch"]["mode"] == "inotify", "watchdog's inotify backend runs from the archive"
+    assert "ckpt_corrupt" in kinds or "ckpt_unverifiable" in kinds, "the checkpoint went through the pipeline"
+    assert st["checkpoint"]["resume_from"] is None, "garbage never becomes a resume target"
 
 
 def test_archive_is_reproducible_and_named_by_its_hash(tmp_path):
