@@ -121,6 +121,12 @@ class Nvml:
     def _load(self) -> Any:
         if self._lib is None:
             try:
+                # pynvml costs ~17 MB of RSS to import: on a box without the driver, do not pay for it.
+                ctypes.CDLL("libnvidia-ml.so.1")
+            except OSError as e:
+                self.reason = f"no NVIDIA driver: NVML Shared Library Not Found (libnvidia-ml.so.1: {e})"
+                return None
+            try:
                 import pynvml  # the real binding; vendored in the agent archive
             except ImportError as e:
                 self.reason = f"pynvml is not importable ({e})"
