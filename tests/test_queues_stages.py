@@ -182,3 +182,18 @@ def test_webhook_down_leaves_the_run_unaffected_and_delivers_once_back(env):
     finally:
         server.shutdown()
     assert sum(p["event"] == "failed" for p in _Hook.received) == 1
+
+
+@pytest.mark.parametrize(("fmt", "key"), [("slack", "text"), ("discord", "content")])
+def test_chat_webhook_formats_carry_the_text(fmt, key):
+    from rgt.agent.notify import render
+
+    body, headers = render(fmt, {"text": "[rgt] r1: failed: oom", "run_id": "r1", "event": "failed"})
+    assert json.loads(body) == {key: "[rgt] r1: failed: oom"} and headers["Content-Type"] == "application/json"
+
+
+def test_ntfy_format_is_plain_text_with_a_title():
+    from rgt.agent.notify import render
+
+    body, headers = render("ntfy", {"text": "[rgt] r1: succeeded", "run_id": "r1", "event": "succeeded"})
+    assert body == b"[rgt] r1: succeeded" and headers["Title"] == "rgt r1: succeeded"
