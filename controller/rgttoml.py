@@ -13,7 +13,7 @@ from rgt.shared.errors import BadInput
 RUN_KEYS = {
     "profile": str, "ckpt_dir": str, "artifacts": list, "max_restarts": int, "secrets": list, "python": str,
     "tick_s": (int, float), "stall_after_s": (int, float), "start_grace_s": (int, float), "run": str,
-    "completion_files": list, "durable_dir": str, "gpus": list, "share_gpu": bool,
+    "completion_files": list, "trainer_python": str, "durable_dir": str, "gpus": list, "share_gpu": bool,
     "min_free_gb": (int, float), "keep_last": int, "usd_per_hour": (int, float), "allow_pickle": bool,
 }
 

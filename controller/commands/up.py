@@ -31,6 +31,8 @@ def _default_name(command: Tuple[str, ...]) -> str:
 @click.option("--artifacts", multiple=True, help="Glob under the code dir to pull at the end (repeatable).")
 @click.option("--secret", "secrets", multiple=True, help="Env var NAME whose value goes to the box by stdin.")
 @click.option("--python", default=None, help="Python on the box for the agent (default: probe python3, python).")
+@click.option("--trainer-python", default=None,
+              help="The python with torch on the box, to verify checkpoints under (default: the command's python).")
 @click.option("--code", "code_dir", default=".", type=click.Path(file_okay=False, exists=True),
               help="Project dir to sync.")
 @click.option("--tick-s", type=float, default=None, help="Agent tick (default 2 s).")
@@ -52,9 +54,9 @@ def _default_name(command: Tuple[str, ...]) -> str:
 @json_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
-def cli(app, host, profile, run_id, ckpt_dir, artifacts, secrets, python, code_dir, tick_s, max_restarts,
-        stall_after_s, start_grace_s, usd_per_hour, heartbeat_timeout_s, queue_file, from_cell, gpus, share_gpu,
-        durable_dir, min_free_gb, dry_run, brief, port, ssh_config, as_json, command) -> None:
+def cli(app, host, profile, run_id, ckpt_dir, artifacts, secrets, python, trainer_python, code_dir, tick_s,
+        max_restarts, stall_after_s, start_grace_s, usd_per_hour, heartbeat_timeout_s, queue_file, from_cell, gpus,
+        share_gpu, durable_dir, min_free_gb, dry_run, brief, port, ssh_config, as_json, command) -> None:
     """Start CMD (given after `--`) on HOST, or on this machine with `local`."""
     from rgt.controller import cells, launch, rgttoml
     from rgt.controller.app import check_host
@@ -86,6 +88,9 @@ def cli(app, host, profile, run_id, ckpt_dir, artifacts, secrets, python, code_d
         raise BadInput(f"--ckpt-dir {spec.ckpt_dir} is absolute: give a path inside the run dir, "
                        "so that `rgt pull` can bring the checkpoints home")
     spec.cells, spec.from_cell = plan, from_cell
+    trainer_python = trainer_python or toml.get("trainer_python")
+    if trainer_python:
+        spec.extra["verify_python"] = trainer_python
     if gpus is None and toml.get("gpus"):
         gpus = ",".join(str(g) for g in toml["gpus"])
     share_gpu = share_gpu or bool(toml.get("share_gpu"))
