@@ -25,6 +25,7 @@ from .runplan import RunPlan
 from .statusbuild import StatusBuilder
 from .supervisor import Supervisor, SupervisorSpec
 
+SAVE_REQUEST_HOLD_S = 60.0  # how long a SIGUSR1 waits for a trainer that can take it
 MARKER_OF = {RunState.SUCCEEDED: "DONE", RunState.FAILED: "FAILED", RunState.STOPPED: "STOPPED"}
 log = logging.getLogger("rgt.agent")
 
@@ -72,6 +73,7 @@ class Daemon(RunPlan):
         self.builder.pipeline = CheckpointPipeline(spec, paths, self.journal, log, launch.verify_argv_prefix(spec))
         self.builder.notifier = self._build_notifier()
         self.last_tick: Optional[float] = None
+        self.save_request_at: Optional[float] = None  # SIGUSR1 not yet passed on to the trainer
 
     def _new_supervisor(self, cell: Optional[Dict[str, Any]], attempt: int) -> Supervisor:
         """One state machine per cell (or one for a plain run); attempts count on across cells."""
@@ -129,15 +131,35 @@ class Daemon(RunPlan):
     def forward_save_request(self) -> None:
         """SIGUSR1 (Slurm's --signal=B:USR1@lead) means "checkpoint now": pass it on to the trainer's group.
 
-        Not when a member of the group would die of it (no handler): then it is only journaled.
+        Not when a member of the group would die of it (no handler): the request is held for a minute (the
+        trainer may still be starting), then only journaled.
         """
         rec = self.runner.record() or {}
         pid, started, tag = rec.get("pid"), rec.get("start_time") or 0.0, f"RGT_AGENT_TAG={rec.get('tag')}".encode()
         doomed = procs.not_catching(pid, started, tag, signal.SIGUSR1) if pid else []
         sent = bool(pid) and not doomed and procs.signal_tracked(pid, started, tag, signal.SIGUSR1)
+        if not sent and time.monotonic() - (self.save_request_at or 0.0) < SAVE_REQUEST_HOLD_S:
+            return  # a trainer may be starting (no handler yet, or in backoff): try again next tick
+        self.save_request_at = None
         why = None if sent else (f"pids {doomed} have no SIGUSR1 handler" if doomed else "no trainer running")
         self.journal.append("save_request", signal="SIGUSR1", forwarded=sent, reason=why)
         log.info("SIGUSR1: save request %s", "forwarded to the trainer" if sent else f"not forwarded: {why}")
+
+    def job_ending(self) -> None:
+        """The agent is a scheduler's batch job (RGT_JOB_SCHEDULER, set by its job script) and got SIGTERM.
+
+        The job is ending (scancel, requeue, preemption, walltime) and Slurm signals only the batch shell
+        before its SIGKILL: pass SIGTERM to the trainer so it can save, and wait out the grace for the
+        waiter to record the end. Nothing is classified here: the next agent (a requeued job, `rgt resume`)
+        reads the end under a new incarnation, as preempted.
+        """
+        if self.sup.state not in (RunState.STARTING, RunState.RUNNING, RunState.STOPPING):
+            return
+        self.runner.signal_stop(kill=False)
+        deadline = time.monotonic() + self.spec.stop_timeout_s
+        while self.runner.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.journal.append("job_ending", attempt=self.sup.attempt, recorded=self.runner.poll() is not None)
 
     def _on_transition(self, old: RunState, new: RunState, reason: str) -> None:
         log.info("%s -> %s: %s", old.value, new.value, reason)
@@ -156,10 +178,16 @@ class Daemon(RunPlan):
         while self.final is None:
             self._wait(wake_fd)
             if self.flags.pop("term", False):
-                self.journal.append("agent_exit", reason="SIGTERM to the agent; the trainer is left running")
+                in_job = bool(os.environ.get("RGT_JOB_SCHEDULER"))
+                if in_job:
+                    self.job_ending()
+                self.journal.append("agent_exit", reason="SIGTERM: the job is ending" if in_job else
+                                    "SIGTERM to the agent; the trainer is left running")
                 self.write_status()
                 return 0
             if self.flags.pop("usr1", False):
+                self.save_request_at = time.monotonic()
+            if self.save_request_at is not None:
                 self.forward_save_request()
             self.flags.pop("wake", None)
             self.flags.pop("child", None)

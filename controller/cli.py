@@ -22,6 +22,7 @@ COMMANDS = {
     "attach": "attach",
     "pull": "pull", "verify": "verify", "down": "down",
     "onstart": "onstart", "push": "push", "secrets": "secrets",
+    "sweep": "sweep",
 }
 
 

@@ -18,6 +18,7 @@ from .profile_schema import Source, build, parse_toml
 
 KINDS = ("ssh-rental", "cloud-api", "ssh", "slurm", "kubernetes", "workstation")
 STATUS_APIS = ("vastai", "runpod", "lambda", "slurm", "kubernetes")
+SCHEDULERS = ("slurm",)  # how `rgt up` starts the agent when not detached over SSH
 CLOCK_STARTS = ("started", "stopped", "always", "balance_exhausted", "destroyed", "os_shutdown", "returned",
                 "snapshot", "gpu_idle", "job_deleted")
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}\Z")
@@ -41,6 +42,7 @@ class Launch:
     ssh_notes: tuple[str, ...] = ()
     status_api: str | None = _f(None, choices=STATUS_APIS)
     conveniences: tuple[str, ...] = ()
+    scheduler: str | None = _f(None, choices=SCHEDULERS)  # None: setsid/nohup; "slurm": an sbatch job
 
 
 @dataclass(frozen=True)

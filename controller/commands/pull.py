@@ -17,11 +17,18 @@ from . import run_argument
 @click.option("--jobs", type=click.IntRange(1, 256), default=None, help="Hashing threads (default: all cores).")
 @click.option("--bwlimit", type=click.IntRange(1), default=None, envvar="RGT_RSYNC_BWLIMIT",
               help="Bandwidth cap for rsync in KiB/s (env RGT_RSYNC_BWLIMIT).")
+@click.option("--sweep", "sweep_name", default=None, help="Pull and verify every cell of this sweep (into D/RUN).")
 @click.pass_obj
-def cli(app, run, dest, follow, allow_pickle, jobs, bwlimit) -> None:
+def cli(app, run, dest, follow, allow_pickle, jobs, bwlimit, sweep_name) -> None:
     """Pull by the box's manifest (rsync, resumable), then verify every file; exit 1 when it does not verify."""
     from rgt.controller import pull
 
+    if sweep_name:
+        from rgt.controller.commands.sweep import pull_sweep
+
+        pull_sweep(app, sweep_name, run, pull.PullOptions(dest=dest, follow=follow, allow_pickle=allow_pickle,
+                                                          jobs=jobs, bwlimit_kbps=bwlimit))
+        return
     rec = app.resolve_run(run)
     transport = app.transport_of(rec)
     opts = pull.PullOptions(dest=dest, follow=follow, allow_pickle=allow_pickle, jobs=jobs)

@@ -85,13 +85,18 @@ def records(stream):
             buf = buf[j + 1:]
 
 
-def _show(app, rec, obs, as_json: bool, clear: bool) -> None:
+def _show(app, rec, obs, as_json: bool, clear: bool, sched=None) -> None:
     if as_json:
-        app.data(as_data(rec, obs))
+        app.data(dict(as_data(rec, obs), **({"scheduler": sched} if sched else {})))
         return
     if clear and sys.stdout.isatty():
         click.echo("\x1b[2J\x1b[H", nl=False)
-    click.echo("\n".join(render(rec, obs)))
+    lines = render(rec, obs)
+    if sched:
+        from rgt.controller.slurm import status_lines
+
+        lines += status_lines(rec, obs.view, sched)
+    click.echo("\n".join(lines))
 
 
 def _watch(app, transport, rec, first, as_json: bool) -> int:
@@ -134,8 +139,11 @@ def cli(app, run, as_json, watch) -> None:
     rec = app.resolve_run(run)
     transport = app.transport_of(rec)
     obs = poll(transport, rec)
+    from rgt.controller.slurm import view_for  # the scheduler's view of the run's job, if it has one
+
+    sched = view_for(transport, rec) if obs.view != "unreachable" else None
     remember(app.registry, rec, obs)
-    _show(app, rec, obs, as_json, clear=watch)
+    _show(app, rec, obs, as_json, clear=watch, sched=sched)
     if obs.view == "unreachable":
         sys.exit(3)
     if watch and not (obs.status is not None and obs.status.state in TERMINAL):

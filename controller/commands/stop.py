@@ -19,6 +19,12 @@ def cli(app, run, wait_s, reason) -> None:
 
     rec = app.resolve_run(run)
     transport = app.transport_of(rec)
+    from rgt.controller.slurm import stop as job_stop  # a run in a Slurm job: stop request, then scancel
+
+    done = job_stop(transport, rec, reason, wait_s, app.info)
+    if done is not None:
+        app.info(done)
+        return
     python = rec.python or transport.find_python(["python3", "python"])[0]
     archive = ensure_pyz(transport, rec.root)
     res = transport.run([python, "-I", archive, "stop", rec.run_dir, "--reason", reason, "--wait-s", str(wait_s)],
