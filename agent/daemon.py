@@ -248,25 +248,16 @@ class Daemon(RunPlan):
         except OSError as e:
             log.warning("status.json not written (%s); the previous one stays", e)
 
-    def drain_checkpoints(self, timeout_s: float = 300.0) -> None:
-        """Before the marker: let the last checkpoints settle and verify, so DONE never races them."""
-        pipeline = self.builder.pipeline
-        pipeline.set_trainer_running(False)
-        deadline = time.monotonic() + timeout_s
-        pipeline.tick(time.monotonic())
-        while pipeline.pending() and time.monotonic() < deadline:
-            time.sleep(0.1)
-            pipeline.tick(time.monotonic())
-        if pipeline.pending():
-            self.journal.append("ckpt_drain_timeout", pending=pipeline.pending(), timeout_s=timeout_s)
-
     def finish(self) -> None:
-        """Write the completion marker and the final status."""
+        """Write the completion marker, then the final status: a terminal status always has its marker.
+
+        Until now status showed "stopping" (a plain run) or "starting" (between cells); the last
+        checkpoints were drained when the end was judged.
+        """
         assert self.final is not None
-        self.drain_checkpoints()
+        self.builder.drain_checkpoints()
         state, reason = self.final
-        self.builder.final_state = state
-        st = self.builder.build(time.time())
+        st = self.builder.build(time.time(), final=state)
         lf = self.sup.last_failure
         body: Dict[str, Any] = {
             "run_id": self.spec.run_id, "state": state.value, "reason": reason,
@@ -284,6 +275,7 @@ class Daemon(RunPlan):
         except OSError as e:
             log.error("cannot write the %s marker: %s", MARKER_OF[state], e)
         self.journal.append("marker", name=MARKER_OF[state], state=state.value)
+        self.builder.final_state = state
         self.write_status()
         if self.builder.notifier is not None:
             self.builder.notifier.final(state, reason, lf)

@@ -127,5 +127,4 @@ class RunPlan:
         else:
             ran = [c for c in self.book.cells if c["state"] == "succeeded"]
             self.final = (RunState.SUCCEEDED, f"all {len(ran)} cells succeeded")
-        self.builder.final_state = self.final[0]
         self.journal.append("run_end", state=self.final[0].value, reason=self.final[1])

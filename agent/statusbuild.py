@@ -138,8 +138,26 @@ class StatusBuilder:
             self.sup.last_progress = time.monotonic()
 
     # -- judging an end ------------------------------------------------------------------------------
+    def drain_checkpoints(self, timeout_s: float = 300.0) -> None:
+        """The trainer ended: let its last checkpoints settle and verify before anything is decided.
+
+        A retry then resumes from the newest one, and DONE never races a checkpoint still in flight.
+        """
+        pipeline = self.pipeline
+        if pipeline is None:
+            return
+        pipeline.set_trainer_running(False)
+        deadline = time.monotonic() + timeout_s
+        pipeline.tick(time.monotonic())
+        while pipeline.pending() and time.monotonic() < deadline:
+            time.sleep(0.1)
+            pipeline.tick(time.monotonic())
+        if pipeline.pending() and self.sup is not None:
+            self.sup.journal.append("ckpt_drain_timeout", pending=pipeline.pending(), timeout_s=timeout_s)
+
     def judge(self, ended: Ended, stalled: Optional[str]) -> Verdict:
         """Gather the evidence for one ended attempt and classify it."""
+        self.drain_checkpoints()
         self.logp.poll(time.time())
         disk = _statvfs(launch.ckpt_dir(self.spec, self.paths)) or _statvfs(self.paths.root)
         completion_ok = None
@@ -152,10 +170,10 @@ class StatusBuilder:
             gpu_fault=self.gpu_fault, new_incarnation=self.new_incarnation, stalled=stalled,
             completion_ok=completion_ok, **self._memory_evidence(),
         )
-        self.new_incarnation = False
+        new_incarnation, self.new_incarnation = self.new_incarnation, False
         self.trainer_cgroup = None
         self.oom_kills_before.clear()
-        if ended.exit_code is None and ended.signal is None:
+        if ended.exit_code is None and ended.signal is None and not new_incarnation:
             return Verdict(FailureClass.CRASHED, "the waiter vanished without recording the exit (killed?)")
         verdict = classify(ev)
         if verdict.failure is None:
@@ -189,14 +207,15 @@ class StatusBuilder:
         return self.pipeline.resume_from() if self.pipeline is not None else None
 
     # -- output --------------------------------------------------------------------------------------
-    def build(self, now: float) -> Status:
-        """The status snapshot for this instant."""
+    def build(self, now: float, final: Optional[RunState] = None) -> Status:
+        """The status snapshot for this instant (``final``: the run's end, for the marker's copy)."""
         self.seq += 1
         sup = self.sup
-        state = self.final_state or (sup.state if sup is not None else RunState.UNKNOWN)
-        if self.book is not None and self.final_state is None and state.terminal:
-            # One cell ended, the run did not: the next cell is about to start.
-            state = RunState.STARTING
+        state = final or self.final_state or (sup.state if sup is not None else RunState.UNKNOWN)
+        if final is None and self.final_state is None and state.terminal:
+            # A cell ended but the run goes on (next cell), or the run ended and its marker is not yet
+            # written: a terminal status must always find its marker beside it.
+            state = RunState.STARTING if self.book is not None else RunState.STOPPING
         rec = read_record(self.paths.trainer_record) or {}
         trainer = Trainer(attempt=sup.attempt if sup else 0, restarts=sup.restarts if sup else 0,
                           last_failure=sup.last_failure if sup else None)
@@ -241,6 +260,8 @@ class StatusBuilder:
             lf = st.trainer.last_failure
             return f"restarting after {lf.class_ if lf else 'a failure'}; resumes from the newest verified checkpoint"
         if state == RunState.STOPPING:
+            if self.sup is not None and self.sup.state.terminal:
+                return "finishing: verifying the last checkpoints, then the completion marker"
             return "stopping: SIGTERM sent, SIGKILL at the grace deadline"
         if state == RunState.SUCCEEDED:
             return f"done: pull the results with `rgt pull {rid}`, then `rgt down {rid}`"

@@ -90,7 +90,8 @@ def wait_heartbeat(transport: Transport, rec: RunRecord, timeout_s: float, after
     while time.monotonic() < deadline:
         obs = poll(transport, rec)
         if obs.status is not None and obs.status.seq > after_seq and (
-                agent_pid is None or obs.status.agent_pid == agent_pid):
+                agent_pid is None or obs.status.agent_pid == agent_pid) and obs.status.state != "stopping":
+            # "stopping" right after a start is the agent finishing a refusal: wait for the verdict.
             lf = obs.status.trainer.last_failure
             if obs.status.state == "failed" and obs.status.trainer.attempt <= 1 and lf is not None and (
                     lf.class_ in (None, "disk_gate_abort")):
