@@ -58,6 +58,8 @@ class Helper:
         self._report_phase: Optional[str] = None
         self._pending: Optional[Dict[str, Any]] = None
         self._preempted = False
+        self._save_requested = False
+        self._prev_usr1: Any = None
         self._saved_since_preempt = False
         self._handler_installed: Optional[bool] = None
         self._prev_handler: Any = None
@@ -134,6 +136,10 @@ class Helper:
     def should_save(self, step: int) -> bool:
         """True when the Young/Daly interval (in steps) has passed since the last save, or after SIGTERM."""
         due = self.cadence.due(int(step))
+        if self._save_requested:
+            # SIGUSR1 (Slurm's --signal lead before the walltime, or the agent): save once, keep training.
+            self._save_requested = False
+            return True
         return due or (self._preempted and not self._saved_since_preempt)
 
     # ---- progress ---------------------------------------------------------------------------------
@@ -181,15 +187,25 @@ class Helper:
     # ---- preemption -------------------------------------------------------------------------------
 
     def install_preemption_handler(self) -> bool:
-        """Catch SIGTERM (chaining an earlier Python handler); only from the main thread. True when installed."""
+        """Catch SIGTERM (preempted) and SIGUSR1 (save now), chaining earlier Python handlers.
+
+        Only from the main thread. True when installed.
+        """
         if self._handler_installed is not None:
             return self._handler_installed
         if threading.current_thread() is not threading.main_thread():
             return False  # signal.signal would raise; try again from the main thread
         self._prev_handler = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._prev_usr1 = signal.getsignal(signal.SIGUSR1)
+        signal.signal(signal.SIGUSR1, self._on_sigusr1)
         self._handler_installed = True
         return True
+
+    def _on_sigusr1(self, signum: int, frame: Any) -> None:
+        self._save_requested = True
+        if callable(self._prev_usr1):
+            self._prev_usr1(signum, frame)
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self._preempted = True

@@ -129,7 +129,8 @@ def _spot_line(p: Profile) -> str:
     grace = "no grace" if sp.grace_s == 0 else f"{format_duration(sp.grace_s)} of grace" if sp.grace_s else ""
     signal = f"{sp.signal}, then SIGKILL" if sp.signal else "no signal"
     kind = "spot/interruptible" if sp.available else "preemption or walltime"
-    return f"Preemption ({kind}): {signal}, {grace}: rgt checkpoints on a timer, never on the signal."
+    return (f"Preemption ({kind}): {signal}, {grace}: rgt checkpoints on a timer; "
+            "a signal asks the helper for one more save, never relied on.")
 
 
 def _network_lines(p: Profile) -> list[str]:

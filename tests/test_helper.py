@@ -244,3 +244,24 @@ def test_module_functions_use_one_helper_from_the_environment(tmp_path, monkeypa
     assert torch.equal(helper.load_latest()["x"], torch.ones(2))
     assert helper.get() is helper.get()
     monkeypatch.setattr(helper, "_instance", None)
+
+
+def test_sigusr1_asks_for_one_save_and_is_not_a_preemption(tmp_path, monkeypatch):
+    import signal as _signal
+
+    from rgt.agent import helper as helper_mod
+
+    monkeypatch.setenv("RGT_CKPT_DIR", str(tmp_path))
+    monkeypatch.setenv("RGT_SAVE_EVERY_S", "100000")
+    h = helper_mod.Helper()
+    old_term, old_usr1 = _signal.getsignal(_signal.SIGTERM), _signal.getsignal(_signal.SIGUSR1)
+    try:
+        assert h.preempted() is False  # arms the handlers
+        h.should_save(1)
+        _signal.raise_signal(_signal.SIGUSR1)
+        assert h.should_save(2) is True
+        assert h.should_save(3) is False, "one save per request"
+        assert h.preempted() is False
+    finally:
+        _signal.signal(_signal.SIGTERM, old_term)
+        _signal.signal(_signal.SIGUSR1, old_usr1)

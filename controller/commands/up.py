@@ -46,6 +46,7 @@ def _default_name(command: Tuple[str, ...]) -> str:
 @click.option("--from", "from_cell", type=int, default=1, help="Start at the N-th cell of the queue.")
 @click.option("--gpus", default=None, help="GPU indices for this run (CUDA_VISIBLE_DEVICES), leased on the box.")
 @click.option("--share-gpu", is_flag=True, help="Let other runs use the same GPUs.")
+@click.option("--time", "walltime", default=None, help="Walltime under a scheduler (Slurm's --time, e.g. 4:00:00).")
 @click.option("--durable-dir", default=None, help="Where verified checkpoints and cell outputs are copied.")
 @click.option("--min-free-gb", type=float, default=None, help="Disk gate floor before every cell.")
 @click.option("--dry-run", is_flag=True, help="Show the spec and environment; run nothing.")
@@ -56,7 +57,7 @@ def _default_name(command: Tuple[str, ...]) -> str:
 @click.pass_obj
 def cli(app, host, profile, run_id, ckpt_dir, artifacts, secrets, python, trainer_python, code_dir, tick_s,
         max_restarts, stall_after_s, start_grace_s, usd_per_hour, heartbeat_timeout_s, queue_file, from_cell, gpus,
-        share_gpu, durable_dir, min_free_gb, dry_run, brief, port, ssh_config, as_json, command) -> None:
+        share_gpu, walltime, durable_dir, min_free_gb, dry_run, brief, port, ssh_config, as_json, command) -> None:
     """Start CMD (given after `--`) on HOST, or on this machine with `local`."""
     from rgt.controller import cells, launch, rgttoml
     from rgt.controller.app import check_host
@@ -116,17 +117,40 @@ def cli(app, host, profile, run_id, ckpt_dir, artifacts, secrets, python, traine
                   "trainer_env": dict(spec.env), "platform_env": spec.extra.get("platform_env", {})})
         return
     transport = app.transport_for(host, port, ssh_config)
-    if host != "local" and profile.fast_dir and transport.exists(profile.fast_dir):
-        transport = app.transport_for(host, port, ssh_config, root=f"{profile.fast_dir}/.rgt")
+    fast_dir = _box_path(transport, profile.fast_dir) if host != "local" and profile.fast_dir else None
+    if fast_dir and transport.exists(fast_dir):
+        transport = app.transport_for(host, port, ssh_config, root=f"{fast_dir}/.rgt")
+    sched_opts = {}
+    if profile.launch.scheduler:
+        # A scheduler hands out GPUs itself: --gpus is a count there ("2"), or a list whose length counts.
+        if walltime:
+            sched_opts["time"] = walltime
+        if gpus:
+            sched_opts["gpus"] = int(gpus) if gpus.strip().isdigit() else len(cells.parse_gpus(gpus))
+            spec.gpus, spec.share_gpu = None, False
+    elif walltime:
+        raise BadInput(f"--time needs a profile with a scheduler (e.g. --profile slurm); {profile.name} has none")
     req = launch.UpRequest(host=host, spec=spec, code_dir=os.path.abspath(code_dir),
                            python=python or toml.get("python"), secret_values=values,
                            python_candidates=list(profile.python) or ["python3", "python"],
-                           heartbeat_timeout_s=heartbeat_timeout_s, port=port, ssh_config=ssh_config)
+                           heartbeat_timeout_s=heartbeat_timeout_s, port=port, ssh_config=ssh_config,
+                           scheduler_opts=sched_opts)
     rec = launch.up(app.registry, transport, req)
     if as_json:
         app.data({"run_id": rec.run_id, "host": rec.host, "run_dir": rec.run_dir})
     app.info(f"run {rec.run_id} is up on {rec.host} ({rec.run_dir})")
     app.info(f"  rgt status {rec.run_id}   rgt logs -f {rec.run_id}   rgt stop {rec.run_id}")
+
+
+def _box_path(transport, path: str) -> str:
+    """A profile path with $USER / $HOME as the box sees them (e.g. Slurm's /scratch/$USER); no eval."""
+    if "$" not in path:
+        return path
+    res = transport.sh('printf "%s\\n%s\\n" "$USER" "$HOME"')
+    user, home = (res.out.decode(errors="replace").splitlines() + ["", ""])[:2]
+    for name, value in (("USER", user), ("HOME", home)):
+        path = path.replace("${" + name + "}", value).replace("$" + name, value)
+    return path
 
 
 def _apply_profile(app, spec: RunSpec, host: str, brief: bool):

@@ -12,6 +12,19 @@ from . import run_argument
 UNREACHABLE_TRIES = 3
 
 
+def _job_ended(transport, rec):
+    """The end state of the run's scheduler job (TIMEOUT, CANCELLED, ...), or None while it may go on."""
+    from rgt.controller.slurm import RUNNING, WAITING, job_of, view_for
+
+    if job_of(rec) is None:
+        return None  # not a scheduler run: a stale agent may come back
+    sched = view_for(transport, rec)
+    state = (sched or {}).get("state")
+    if not state or state in WAITING | RUNNING or sched.get("error"):
+        return None
+    return state
+
+
 @click.command()
 @run_argument
 @click.option("--timeout-s", type=float, default=None, help="Give up (exit 1) after this long.")
@@ -34,6 +47,11 @@ def cli(app, run, timeout_s) -> None:
                 sys.exit(3)
         else:
             misses = 0
+        if obs.view in ("stale", "no-status"):
+            ended = _job_ended(transport, rec)
+            if ended:
+                app.info(f"{rec.run_id}: its slurm job ended {ended} and the agent left no completion marker")
+                sys.exit(5)
         if obs.status is not None and obs.status.state in ("succeeded", "failed", "stopped"):
             app.info(f"{rec.run_id}: {obs.status.state}" + (
                 f" ({obs.status.trainer.last_failure.class_}: {obs.status.trainer.last_failure.evidence})"
