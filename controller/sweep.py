@@ -238,7 +238,7 @@ def _pulled(rec: RunRecord) -> Optional[str]:
 
 def _row(app: Any, cell: Dict[str, Any]) -> Dict[str, Any]:
     from .observe import poll, remember
-    from .slurm import job_of, view_for
+    from .slurmview import job_of, view_for
 
     row: Dict[str, Any] = {"index": cell["index"], "params": cell["params"], "run_id": cell["run_id"],
                            "host": cell["host"], "view": "not started", "last_state": None, "step": None,

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from rgt.agent import procs
-from rgt.controller import slurm
+from rgt.controller import slurm, slurmview
 from rgt.controller.registry import RunRecord
 from rgt.shared.errors import BadInput
 from tests.conftest import wait_until
@@ -69,7 +69,7 @@ def test_sbatch_asks_for_requeue_usr1_before_the_walltime_gres_and_output_in_the
 
 
 def test_the_view_merges_squeue_and_scontrol_and_says_accounting_is_disabled():
-    view = slurm.parse_view("42", SQUEUE_RUNNING + SCONTROL_RUNNING + SACCT_DISABLED)
+    view = slurmview.parse_view("42", SQUEUE_RUNNING + SCONTROL_RUNNING + SACCT_DISABLED)
     assert view["state"] == "RUNNING" and view["node"] == "vm" and view["reason"] is None
     assert (view["restarts"], view["exit_code"], view["elapsed"], view["time_limit"]) == (1, "0:0", "1:05", "2:00")
     assert view["accounting"] == "disabled" and view["source"] == "squeue" and view["error"] is None
@@ -77,23 +77,23 @@ def test_the_view_merges_squeue_and_scontrol_and_says_accounting_is_disabled():
 
 def test_a_job_slurmctld_forgot_is_read_from_sacct_and_missing_commands_are_named():
     gone = "slurm_load_jobs error: Invalid job id specified\n@@rgt-rc 1\n" * 2
-    view = slurm.parse_view("42", gone + "42|TIMEOUT|0:15|02:00:10|vm\n@@rgt-rc 0\n")
+    view = slurmview.parse_view("42", gone + "42|TIMEOUT|0:15|02:00:10|vm\n@@rgt-rc 0\n")
     assert (view["state"], view["exit_code"], view["source"], view["accounting"]) == ("TIMEOUT", "0:15", "sacct",
                                                                                       "enabled")
     missing = "sh: 1: squeue: not found\n@@rgt-rc 127\n" + "sh: scontrol: not found\n@@rgt-rc 127\n" * 2
-    assert "no Slurm commands" in slurm.parse_view("42", missing)["error"]
+    assert "no Slurm commands" in slurmview.parse_view("42", missing)["error"]
 
 
 def test_status_lines_explain_a_pending_job_and_a_requeued_one():
     rec = RunRecord(run_id="r1", host="login", root="/h/.rgt")
     pending = {"job_id": "42", "state": "PENDING", "reason": "Resources", "accounting": "disabled"}
-    lines = slurm.status_lines(rec, "no-status", pending)
+    lines = slurmview.status_lines(rec, "no-status", pending)
     assert lines[0] == "  slurm job 42: PENDING (Resources)" and "has not started yet" in lines[1]
     requeued = dict(pending, reason="BeginTime", restarts=1)
-    lines = slurm.status_lines(rec, "stale", requeued)
+    lines = slurmview.status_lines(rec, "stale", requeued)
     assert "requeued 1 time(s)" in lines[0] and "resumes the run from its newest verified checkpoint" in lines[1]
     over = {"job_id": "42", "state": "TIMEOUT"}
-    assert "`rgt resume r1` submits it again" in slurm.status_lines(rec, "stale", over)[1]
+    assert "`rgt resume r1` submits it again" in slurmview.status_lines(rec, "stale", over)[1]
 
 
 def test_a_requeued_slurm_job_is_a_new_incarnation_on_the_same_node():

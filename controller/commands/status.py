@@ -93,7 +93,7 @@ def _show(app, rec, obs, as_json: bool, clear: bool, sched=None) -> None:
         click.echo("\x1b[2J\x1b[H", nl=False)
     lines = render(rec, obs)
     if sched:
-        from rgt.controller.slurm import status_lines
+        from rgt.controller.slurmview import status_lines
 
         lines += status_lines(rec, obs.view, sched)
     click.echo("\n".join(lines))
@@ -139,7 +139,7 @@ def cli(app, run, as_json, watch) -> None:
     rec = app.resolve_run(run)
     transport = app.transport_of(rec)
     obs = poll(transport, rec)
-    from rgt.controller.slurm import view_for  # the scheduler's view of the run's job, if it has one
+    from rgt.controller.slurmview import view_for  # the scheduler's view of the run's job, if it has one
 
     sched = view_for(transport, rec) if obs.view != "unreachable" else None
     remember(app.registry, rec, obs)

@@ -14,7 +14,7 @@ UNREACHABLE_TRIES = 3
 
 def _job_ended(transport, rec):
     """The end state of the run's scheduler job (TIMEOUT, CANCELLED, ...), or None while it may go on."""
-    from rgt.controller.slurm import RUNNING, WAITING, job_of, view_for
+    from rgt.controller.slurmview import RUNNING, WAITING, job_of, view_for
 
     if job_of(rec) is None:
         return None  # not a scheduler run: a stale agent may come back
