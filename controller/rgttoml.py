@@ -18,11 +18,34 @@ RUN_KEYS = {
 }
 
 
-def _line_of(text: str, key: str) -> int:
-    for i, line in enumerate(text.splitlines(), 1):
-        if re.match(rf"\s*{re.escape(key)}\s*=", line):
-            return i
-    return 1
+def _line_of(text: str, key: str, table: str = "") -> int:
+    """The line of ``key = ...`` inside ``[table]`` (or of the table header itself when key is the table)."""
+    lines = text.splitlines()
+    start = 0
+    for i, line in enumerate(lines):
+        if table and re.match(rf"\s*\[{re.escape(table)}\]", line):
+            start = i
+            break
+    for i in range(start, len(lines)):
+        if re.match(rf"\s*(\[)?{re.escape(key)}(\])?\s*(=|$)", lines[i]):
+            return i + 1
+    return start + 1
+
+
+def check_table(project: Dict[str, Any], name: str, schema: Dict[str, Any]) -> Dict[str, Any]:
+    """``project[name]`` checked key by key against ``schema``; an error names the file, the line and the key."""
+    path, text = project.get("_path", "rgt.toml"), project.get("_text", "")
+    table = project.get(name) or {}
+    if not isinstance(table, dict):
+        raise BadInput(f"{path}:{_line_of(text, name)}: {name}: must be a table")
+    for key, value in table.items():
+        want = schema.get(key)
+        where = f"{path}:{_line_of(text, key, name)}: {name}.{key}"
+        if want is None:
+            raise BadInput(f"{where}: unknown key (known: {', '.join(sorted(schema))})")
+        if not isinstance(value, want) or isinstance(value, bool) and want is not bool:
+            raise BadInput(f"{where}: wrong type {type(value).__name__}")
+    return table
 
 
 def load(project_dir: str) -> Dict[str, Any]:
@@ -37,14 +60,6 @@ def load(project_dir: str) -> Dict[str, Any]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise BadInput(f"{path}: malformed TOML: {e}") from None
-    run = data.get("run", {})
-    if not isinstance(run, dict):
-        raise BadInput(f"{path}:{_line_of(text, 'run')}: run: must be a table")
-    for key, value in run.items():
-        want = RUN_KEYS.get(key)
-        if want is None:
-            raise BadInput(f"{path}:{_line_of(text, key)}: run.{key}: unknown key")
-        if not isinstance(value, want) or isinstance(value, bool) and want is not bool:
-            raise BadInput(f"{path}:{_line_of(text, key)}: run.{key}: wrong type {type(value).__name__}")
     data["_path"], data["_text"] = path, text
+    check_table(data, "run", RUN_KEYS)
     return data

@@ -72,17 +72,9 @@ class SlurmOptions:
 
 def options_from(project: Dict[str, Any], **flags: Any) -> SlurmOptions:
     """rgt.toml's [slurm] table (``project`` is rgttoml.load's dict) under the flags that were given."""
-    table = project.get("slurm") or {}
-    where = project.get("_path", "rgt.toml")
-    if not isinstance(table, dict):
-        raise BadInput(f"{where}: slurm: must be a table")
-    for key, value in table.items():
-        want = TOML_KEYS.get(key)
-        if want is None:
-            raise BadInput(f"{where}: slurm.{key}: unknown key (known: {', '.join(sorted(TOML_KEYS))})")
-        if not isinstance(value, want) or isinstance(value, bool):
-            raise BadInput(f"{where}: slurm.{key}: wrong type {type(value).__name__}")
-    merged = dict(table)
+    from .rgttoml import check_table
+
+    merged = dict(check_table(project, "slurm", TOML_KEYS))
     merged.update({k: v for k, v in flags.items() if v is not None})
     return SlurmOptions(**{f.name: merged[f.name] for f in fields(SlurmOptions) if f.name in merged}).validate()
 

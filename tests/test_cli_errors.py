@@ -92,3 +92,12 @@ def test_run_id_already_on_the_box_is_refused(env):
     p = env.rgt("up", "local", "--run", "twice", "--", "python3", "train.py")
     assert p.returncode == 2
     assert "already exists" in _one_line_no_traceback(p)
+
+
+def test_a_bad_key_in_a_later_table_names_its_own_line(tmp_path):
+    from rgt.controller import rgttoml, slurm
+    from rgt.shared.errors import BadInput
+
+    (tmp_path / "rgt.toml").write_text('[run]\ngpus = [0]\n\n[slurm]\ntime = "1:00:00"\ngpus = "two"\n')
+    with pytest.raises(BadInput, match=r"rgt\.toml:6: slurm\.gpus: wrong type str"):
+        slurm.options_from(rgttoml.load(str(tmp_path)))
