@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .alert import Alert, human_bytes, level_for
 
@@ -80,6 +80,25 @@ def _nested(dirs: List[str]) -> List[str]:
     return out
 
 
+def _entries(path: str, dev: int, budget: List[int]) -> Iterator[Tuple[os.DirEntry, os.stat_result, int]]:
+    """Children of ``path`` on filesystem ``dev`` with their lstat and allocated bytes, one budget unit each."""
+    try:
+        it = os.scandir(path)
+    except OSError:
+        return
+    with it:
+        for entry in it:
+            if budget[0] <= 0:
+                return
+            budget[0] -= 1
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if st.st_dev == dev:
+                yield entry, st, st.st_blocks * 512 if st.st_blocks else st.st_size
+
+
 def largest_entries(dirs: List[str], dev: int, max_entries: int = 20000,
                     top_n: int = 5) -> Dict[str, Any]:
     """A bounded du: the biggest children of each dir (bytes and inodes) and the biggest single files.
@@ -94,53 +113,23 @@ def largest_entries(dirs: List[str], dev: int, max_entries: int = 20000,
         total_b, total_i = 0, 0
         stack = [path]
         while stack and budget[0] > 0:
-            try:
-                it = os.scandir(stack.pop())
-            except OSError:
-                continue
-            with it:
-                for entry in it:
-                    if budget[0] <= 0:
-                        break
-                    budget[0] -= 1
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if st.st_dev != dev:
-                        continue
-                    size = st.st_blocks * 512 if st.st_blocks else st.st_size
-                    total_b += size
-                    total_i += 1
-                    if stat.S_ISDIR(st.st_mode):
-                        stack.append(entry.path)
-                    elif stat.S_ISREG(st.st_mode):
-                        files.append((size, entry.path))
+            for entry, st, size in _entries(stack.pop(), dev, budget):
+                total_b += size
+                total_i += 1
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(entry.path)
+                elif stat.S_ISREG(st.st_mode):
+                    files.append((size, entry.path))
         return total_b, total_i
 
     for root in _nested(dirs):
-        try:
-            entries = list(os.scandir(root))
-        except OSError:
-            continue
-        for entry in entries:
-            if budget[0] <= 0:
-                break
-            budget[0] -= 1
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if st.st_dev != dev:
-                continue
-            size = st.st_blocks * 512 if st.st_blocks else st.st_size
+        for entry, st, size in _entries(root, dev, budget):
+            inodes = 1
             if stat.S_ISDIR(st.st_mode):
                 sub_b, sub_i = walk(entry.path)
                 size, inodes = size + sub_b, 1 + sub_i
-            else:
-                inodes = 1
-                if stat.S_ISREG(st.st_mode):
-                    files.append((size, entry.path))
+            elif stat.S_ISREG(st.st_mode):
+                files.append((size, entry.path))
             children.append({"path": entry.path, "bytes": size, "inodes": inodes})
     children.sort(key=lambda c: c["bytes"], reverse=True)
     files.sort(reverse=True)
