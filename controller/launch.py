@@ -83,6 +83,27 @@ def sync_code(transport: Transport, code_dir: str, run_dir: str) -> None:
         raise RgtError(f"syncing the code to {transport.name} failed: {why}")
 
 
+def box_spec(transport: Transport, rec: RunRecord) -> Optional[Dict[str, Any]]:
+    """The run's spec.json as the box has it (None when absent); an unreadable one is a one-line error."""
+    raw = transport.read_file(f"{rec.run_dir}/spec.json")
+    if raw is None:
+        return None
+    try:
+        spec = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise RgtError(f"{rec.run_dir}/spec.json on {transport.name} is not JSON") from None
+    if not isinstance(spec, dict):
+        raise RgtError(f"{rec.run_dir}/spec.json on {transport.name} is not a JSON object")
+    return spec
+
+
+def adopt_spec(rec: RunRecord, spec: Dict[str, Any]) -> None:
+    """Fill a registry record from a box's spec: profile, python (the archive's runner), created_at."""
+    rec.profile = spec.get("profile") or rec.profile
+    rec.python = rec.python or spec.get("python")
+    rec.created_at = spec.get("created_at") or rec.created_at
+
+
 def wait_heartbeat(transport: Transport, rec: RunRecord, timeout_s: float, after_seq: int = 0,
                    agent_pid: Optional[int] = None) -> None:
     """Wait for a status write by the new agent; a clear error naming agent.log otherwise."""
@@ -156,11 +177,7 @@ def resume(transport: Transport, rec: RunRecord, timeout_s: float = 60.0) -> str
     sched = scheduler_for(rec.profile)
     if sched is not None:
         return sched.resume(Registry(), transport, rec, python, archive, timeout_s, info)
-    raw = transport.read_file(f"{rec.run_dir}/spec.json")
-    try:
-        secret_names = list(json.loads(raw or b"{}").get("secret_names") or [])
-    except ValueError:
-        secret_names = []
+    secret_names = list((box_spec(transport, rec) or {}).get("secret_names") or [])
     pid = transport.start_agent(rec.run_dir, python, archive, resume=True, drop_env=secret_names)
     wait_heartbeat(transport, rec, timeout_s, after_seq=obs.status.seq if obs.status else 0, agent_pid=pid)
     return f"run {rec.run_id}: agent pid {pid} took over"

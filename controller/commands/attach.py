@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import click
@@ -20,10 +19,11 @@ from . import json_option, ssh_options
 @click.pass_obj
 def cli(app, host, run, root, python, port, ssh_config, as_json) -> None:
     """Add RUN on HOST to this machine's registry; its status must be readable there."""
+    from rgt.controller import launch
     from rgt.controller.app import check_host
     from rgt.controller.observe import Observation, poll, remember
     from rgt.controller.registry import RunRecord
-    from rgt.shared.errors import BadInput, RgtError, TransportError
+    from rgt.shared.errors import BadInput, TransportError
     from rgt.shared.paths import validate_run_id
 
     run_id = validate_run_id(run)
@@ -43,19 +43,12 @@ def cli(app, host, run, root, python, port, ssh_config, as_json) -> None:
     obs: Observation = poll(transport, rec)
     if obs.view == "unreachable":
         raise TransportError(obs.error or f"transport unavailable: {host}")
-    raw_spec = transport.read_file(f"{rec.run_dir}/spec.json")
-    if obs.status is None and raw_spec is None:
+    spec = launch.box_spec(transport, rec)
+    if obs.status is None and spec is None:
         raise BadInput(f"no run {run_id} on {host} under {rec.root} (no status.json, no spec.json); "
                        f"pass --root if the box keeps runs elsewhere")
-    if raw_spec is not None:
-        try:
-            spec = json.loads(raw_spec.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise RgtError(f"{rec.run_dir}/spec.json on {host} is not JSON") from None
-        rec.profile = spec.get("profile") or rec.profile
-        # The trainer's python runs the archive too, unless --python says otherwise.
-        rec.python = rec.python or spec.get("python")
-        rec.created_at = spec.get("created_at") or rec.created_at
+    if spec is not None:
+        launch.adopt_spec(rec, spec)
     app.registry.save(rec)
     remember(app.registry, rec, obs)
     if as_json:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import click
@@ -70,26 +69,20 @@ def cli(app, host, profile, root, run_id, code_dir, python, start, port, ssh_con
     if code_dir:
         launch.sync_code(transport, os.path.abspath(code_dir), rec.run_dir)
         app.info(f"code synced into {rec.run_dir}/code")
-    raw = transport.read_file(f"{rec.run_dir}/spec.json")
-    if raw is not None:
-        try:
-            spec = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise RgtError(f"{rec.run_dir}/spec.json on {host} is not JSON") from None
-        rec.profile = spec.get("profile") or rec.profile
-        rec.python = rec.python or spec.get("python")
-        rec.created_at = spec.get("created_at") or rec.created_at
+    spec = launch.box_spec(transport, rec)
+    if spec is not None:
+        launch.adopt_spec(rec, spec)
     if old is not None:
         rec.last_status, rec.last_seen_at, rec.extra = old.last_status, old.last_seen_at, old.extra
     app.registry.save(rec)
-    out.update(run_id=run_id, run_dir=rec.run_dir, spec=raw is not None)
+    out.update(run_id=run_id, run_dir=rec.run_dir, spec=spec is not None)
     if start:
-        if raw is None:
+        if spec is None:
             raise BadInput(f"no spec.json in {rec.run_dir} on {host}: the onstart script has not run there yet "
                            f"(see the instance log), or the run id differs")
         out["started"] = launch.resume(transport, rec)
         app.info(out["started"])
-    elif raw is None:
+    elif spec is None:
         app.info(f"no spec.json in {rec.run_dir} yet: the onstart script writes it at the next container start")
     else:
         app.info(f"run {run_id} is registered; start it now with `rgt push {host} --run {run_id} --start` "
