@@ -24,21 +24,7 @@ def cmd_daemon(a: argparse.Namespace) -> int:
     """Supervise the run."""
     from . import daemon
 
-    paths = _paths(a.run_dir)
-    if a.resume:
-        _reopen(paths)
-    return daemon.main(paths)
-
-
-def _reopen(paths: RunPaths) -> None:
-    """`--resume`: a FAILED or STOPPED run may continue (its marker is kept aside); DONE never reruns."""
-    marker = paths.existing_marker()
-    if marker in ("FAILED", "STOPPED"):
-        os.makedirs(os.path.join(paths.root, "markers"), exist_ok=True)
-        os.replace(paths.marker(marker), os.path.join(paths.root, "markers", f"{marker}.{int(time.time())}.json"))
-        for path in (paths.stop_request,):
-            if os.path.exists(path):
-                os.unlink(path)
+    return daemon.main(_paths(a.run_dir), resume=a.resume)
 
 
 def cmd_waiter(a: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from . import launch, procs
 from .cells import CellBook, acquire_gpu_leases
 from .ckpt.pipeline import CheckpointPipeline
 from .runner import WaiterRunner, read_record
-from .runplan import RunPlan
+from .runplan import RunPlan, reopen
 from .statusbuild import StatusBuilder
 from .supervisor import Supervisor, SupervisorSpec
 
@@ -198,9 +198,12 @@ class Daemon(RunPlan):
         return 0
 
     def close(self) -> None:
-        """Release NVML and files; give pending notifications a last chance."""
+        """Release NVML, the checkpoint watcher and files."""
         self.builder.sentinels.close()
         self.builder.pipeline.close()
+
+    def linger(self) -> None:
+        """Give pending notifications a bounded last chance (the journal keeps the rest)."""
         if self.builder.notifier is not None:
             self.builder.notifier.close()
         os.close(self.agent_log_fd)
@@ -281,7 +284,7 @@ class Daemon(RunPlan):
             self.builder.notifier.final(state, reason, lf)
 
 
-def main(paths: RunPaths) -> int:
+def main(paths: RunPaths, resume: bool = False) -> int:
     """`pyz daemon RUN_DIR`: exit 0 also when another agent holds the run or it already ended."""
     logging.basicConfig(
         filename=paths.agent_log, level=logging.INFO,
@@ -293,6 +296,8 @@ def main(paths: RunPaths) -> int:
     except LockHeld as e:
         print(f"rgt agent: run {spec.run_id} is already supervised by agent pid {e}; nothing to do")
         return 0
+    if resume:
+        reopen(paths)  # only now, holding the lock: a lingering agent must not lose its marker to us
     marker = paths.existing_marker()
     if marker:
         print(f"rgt agent: run {spec.run_id} already ended ({marker}); nothing to do")
@@ -302,5 +307,6 @@ def main(paths: RunPaths) -> int:
         return daemon.run()
     finally:
         daemon.close()
-        os.close(lock_fd)
+        os.close(lock_fd)  # before lingering for webhooks: `rgt resume` or a new agent may take the run now
+        daemon.linger()
         sys.stdout.flush()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
+import os
 import queue
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from typing import Any, Dict, List, Optional
@@ -20,7 +24,9 @@ from rgt.shared.states import RunState
 FORMATS = ("json", "slack", "discord", "ntfy")
 TIMEOUT_S = 10.0
 RETRY_MAX_S = 300.0
-GIVE_UP_AFTER_S = 24 * 3600.0
+GIVE_UP_AFTER_S = 24 * 3600.0  # a payload older than this is dropped (journaled), never retried forever
+LINGER_S = 3600.0  # after the run's end, how long the agent stays to deliver what is pending
+JOB_LINGER_S = 60.0  # inside a scheduler's job the allocation would be held: linger briefly
 
 
 def render(fmt: str, payload: Dict[str, Any]) -> tuple:
@@ -80,12 +86,15 @@ class Notifier:
         self.critical_seen.add(key)
         self.event("critical", alert.message or alert.name, sentinel=alert.name, code=alert.code)
 
-    def close(self, linger_s: float = GIVE_UP_AFTER_S) -> None:
-        """Stay until every notification is delivered, at most ``linger_s``.
+    def close(self, linger_s: Optional[float] = None) -> None:
+        """Stay until every notification is delivered, at most ``linger_s`` (1 h; 60 s inside a job).
 
-        The run's marker is already written when this is called; the agent lingers only so that a
-        "failed" message reaches a webhook that was down, and the journal keeps what it could not send.
+        The run's marker is already written and agent.lock released when this is called, so a
+        `rgt resume` is never blocked by it; the journal keeps what could not be sent, and the next
+        agent of this run sends it.
         """
+        if linger_s is None:
+            linger_s = JOB_LINGER_S if os.environ.get("RGT_JOB_SCHEDULER") else LINGER_S
         deadline = time.monotonic() + linger_s
         while self.pending and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -116,31 +125,43 @@ class Notifier:
         return urllib.request.build_opener(urllib.request.ProxyHandler(proxies))
 
     def _post(self, payload: Dict[str, Any]) -> Optional[str]:
+        """None when delivered, else why not, in words that never contain the URL (it is a secret)."""
         url = self._url()
         if not url:
             return f"no webhook URL in secrets.env under {self.secret_name!r}"
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            return f"the webhook URL in {self.secret_name} is not http(s)://..."
         body, headers = render(self.fmt, payload)
-        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
+            req = urllib.request.Request(url, data=body, headers=headers, method="POST")
             with self._opener().open(req, timeout=TIMEOUT_S) as resp:
                 if 200 <= resp.status < 300:
                     return None
                 return f"HTTP {resp.status}"
-        except OSError as e:  # URLError, HTTPError, timeouts and refused connections are all OSError
-            return str(e)
+        except urllib.error.HTTPError as e:
+            return f"HTTP {e.code}"
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            # Their messages can quote the URL: say only what kind of failure it was.
+            return f"{type(e).__name__} reaching {urllib.parse.urlsplit(url).hostname or 'the webhook'}"
 
     def _deliver_loop(self) -> None:
         while True:
             payload = self.queue.get()
-            delay = 1.0
-            while True:
-                error = self._post(payload)
-                if error is None:
-                    self.journal.append("notify_sent", id=payload["id"])
-                    break
-                self.log.warning("notification %s not delivered (%s); retrying in %.0fs", payload["event"],
-                                 error, delay)
-                time.sleep(delay)
-                delay = min(float(self.spec.notify.get("retry_max_s", RETRY_MAX_S)), delay * 2)
-            with self.lock:
-                self.pending -= 1
+            try:
+                self._deliver(payload)
+            finally:
+                with self.lock:
+                    self.pending -= 1
+
+    def _deliver(self, payload: Dict[str, Any]) -> None:
+        delay = 1.0
+        deadline = payload.get("at", time.time()) + GIVE_UP_AFTER_S
+        while time.time() < deadline:
+            error = self._post(payload)
+            if error is None:
+                self.journal.append("notify_sent", id=payload["id"])
+                return
+            self.log.warning("notification %s not delivered (%s); retrying in %.0fs", payload["event"], error, delay)
+            time.sleep(delay)
+            delay = min(float(self.spec.notify.get("retry_max_s", RETRY_MAX_S)), delay * 2)
+        self.journal.append("notify_dropped", id=payload["id"], after_s=GIVE_UP_AFTER_S)

@@ -58,6 +58,9 @@ class RunPlan:
             self._launch("first start")
             return
         self.runner.adopt(attempt)
+        self.sup.attempt = attempt  # the next launch is attempt + 1: never a number the old exit.json has
+        if self.book is None and self._restore_end(attempt):
+            return
         if attempt in self._consumed_attempts():
             self.sup.restarts = restarts
             self._launch(f"agent restarted after attempt {attempt} ended; resuming")
@@ -65,6 +68,21 @@ class RunPlan:
         if rec.get("incarnation") != self.incarnation:
             self.builder.new_incarnation = True
         self.sup.adopt(attempt, restarts, f"agent restarted; adopting attempt {attempt} (trainer pid {rec.get('pid')})")
+
+    def _restore_end(self, attempt: int) -> bool:
+        """The run had ended but its marker is missing (the agent died before writing it): finish, never rerun."""
+        records = read_journal(self.paths.journal).records
+        end = journaled_end(records)
+        if end is None:
+            return False
+        failure = next((r for r in reversed(records) if r.get("kind") == "failure"), None)
+        if end["new"] == "failed" and failure is not None:
+            fc = FailureClass(failure["class"])
+            self.sup.last_failure = LastFailure(fc.value, failure.get("evidence"), POLICIES[fc].remediation,
+                                                failure.get("t"))
+        self.sup.transition(RunState(end["new"]),  # UNKNOWN -> terminal
+                            f"agent restarted after the run ended ({end.get('reason')}); writing its marker")
+        return True
 
     def _launch(self, reason: str) -> None:
         """The disk gate, then the next attempt of the current cell (or of the plain run)."""
@@ -128,3 +146,25 @@ class RunPlan:
             ran = [c for c in self.book.cells if c["state"] == "succeeded"]
             self.final = (RunState.SUCCEEDED, f"all {len(ran)} cells succeeded")
         self.journal.append("run_end", state=self.final[0].value, reason=self.final[1])
+
+
+def reopen(paths: RunPaths) -> None:
+    """`--resume`: a FAILED or STOPPED run may continue (its marker is kept aside); DONE never reruns."""
+    marker = paths.existing_marker()
+    if marker in ("FAILED", "STOPPED"):
+        os.makedirs(os.path.join(paths.root, "markers"), exist_ok=True)
+        os.replace(paths.marker(marker), os.path.join(paths.root, "markers", f"{marker}.{int(time.time())}.json"))
+        if os.path.exists(paths.stop_request):
+            os.unlink(paths.stop_request)
+        Journal(paths.journal).append("reopened", marker=marker)
+
+
+def journaled_end(records: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The run's last terminal transition, unless a `reopened` came after it (the marker may be missing)."""
+    end = None
+    for r in records:
+        if r.get("kind") == "reopened":
+            end = None
+        elif r.get("kind") == "transition" and r.get("new") in ("succeeded", "failed", "stopped"):
+            end = r
+    return end

@@ -121,3 +121,30 @@ def test_archive_is_reproducible_and_named_by_its_hash(tmp_path):
     import hashlib
 
     assert os.path.basename(path) == f"{hashlib.sha256(a).hexdigest()[:12]}.pyz" == f"{sha12}.pyz"
+
+
+def test_stop_then_resume_runs_a_fresh_attempt_under_the_agent_to_done(env):
+    env.rgt("up", "local", "--run", "sr1", "--tick-s", "0.3", "--", "python3", "train.py", check=True,
+            extra_env={"STEPS": "25", "STEP_SLEEP_S": "0.2"})
+    wait_until(lambda: env.status("sr1").get("state") == "running", 30, what="running")
+    env.rgt("stop", "sr1", check=True)
+    _wait_marker(env, "sr1")
+    assert env.marker("sr1") == "STOPPED"
+    p = env.rgt("resume", "sr1")
+    assert p.returncode == 0, p.stderr
+    st = wait_until(lambda: env.status("sr1").get("state") == "running" and env.status("sr1"), 30, what="running")
+    assert st["trainer"]["attempt"] == 2, "never reuses the number whose exit.json is on disk"
+    assert env.rgt("wait", "sr1").returncode == 0
+    done = json.loads((env.run_dir("sr1") / "DONE").read_text())
+    assert done["attempt"] == 2 and done["exit_code"] == 0
+
+
+def test_an_agent_restarted_after_success_writes_the_missing_marker_and_never_reruns(tmp_path, pyz):
+    run = make_run_dir(tmp_path, "nomark", ["python3", "train.py"], tick_s=0.3)
+    subprocess.run([*agent_argv(pyz), "daemon", str(run)], check=True, timeout=60)
+    (run / "DONE").unlink()  # as if the agent died between the end and the marker
+    p = subprocess.run([*agent_argv(pyz), "daemon", str(run), "--resume"], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert json.loads((run / "DONE").read_text())["state"] == "succeeded"
+    assert (run / "logs" / "trainer.log").read_text().count("=== rgt attempt") == 1

@@ -197,3 +197,18 @@ def test_ntfy_format_is_plain_text_with_a_title():
 
     body, headers = render("ntfy", {"text": "[rgt] r1: succeeded", "run_id": "r1", "event": "succeeded"})
     assert body == b"[rgt] r1: succeeded" and headers["Title"] == "rgt r1: succeeded"
+
+
+def test_a_malformed_webhook_url_never_reaches_logs_and_the_run_still_ends(env):
+    token = "SECRET-TOPIC-4f9a1c"
+    (env.project / "rgt.toml").write_text(
+        '[run]\nmax_restarts = 0\ntick_s = 0.3\n\n[notify]\nwebhook_secret = "HOOK_URL"\nformat = "ntfy"\n'
+        "retry_max_s = 1\n")
+    env.rgt("up", "local", "--run", "hook3", "--", "python3", "train.py", check=True,
+            extra_env={"HOOK_URL": f"ntfy.sh:{token}/x", "STEPS": "1"})
+    assert env.rgt("wait", "hook3").returncode == 0
+    wait_until(lambda: "not delivered" in (env.run_dir("hook3") / "logs" / "agent.log").read_text(), 30,
+               what="a failed delivery logged")
+    for path in env.run_dir("hook3").rglob("*"):
+        if path.is_file() and path.name != "secrets.env":
+            assert token.encode() not in path.read_bytes(), path
