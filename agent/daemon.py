@@ -191,9 +191,13 @@ class Daemon(RunPlan):
                 self.forward_save_request()
             self.flags.pop("wake", None)
             self.flags.pop("child", None)
-            self.tick()
-            if self.sup.state.terminal:
-                self._after_supervisor()
+            try:
+                self.tick()
+                if self.sup.state.terminal:
+                    self._after_supervisor()
+            except OSError as e:
+                # A full disk or a vanished file must not end supervision: log it, try again next tick.
+                log.error("tick failed: %s; retrying at the next tick", e)
         self.finish()
         return 0
 

@@ -174,6 +174,9 @@ class StatusBuilder:
         self.trainer_cgroup = None
         self.oom_kills_before.clear()
         if ended.exit_code is None and ended.signal is None and not new_incarnation:
+            if ev.disk_free_bytes == 0 or ev.inodes_free == 0:
+                fc = FailureClass.INODE_FULL if ev.inodes_free == 0 else FailureClass.DISK_FULL
+                return Verdict(fc, "the waiter could not record the exit: the disk is full")
             return Verdict(FailureClass.CRASHED, "the waiter vanished without recording the exit (killed?)")
         verdict = classify(ev)
         if verdict.failure is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import time
@@ -14,6 +15,9 @@ from rgt.shared.paths import RunPaths
 from . import procs
 
 READ_CHUNK = 64 * 1024
+DRAIN_AFTER_EXIT_S = 2.0
+RECORD_RETRY_S = 10.0  # trainer.json: the trainer is stopped if it cannot be tracked
+EXIT_RETRY_S = 600.0  # exit.json: worth waiting for, the agent may free space meanwhile
 
 
 class RotatingLog:
@@ -84,35 +88,66 @@ def run(paths: RunPaths, argv: List[str], env: Dict[str, str], cwd: str, attempt
         )
     except OSError as e:
         log.write(f"rgt: cannot start {argv[0]!r}: {e}\n".encode())
-        atomic_write_json(paths.exit, {
+        _record(paths.exit, {
             "attempt": attempt, "pid": None, "exit_code": 127, "signal": None, "started_at": started_at,
             "ended_at": time.time(), "incarnation": incarnation, "error": str(e),
-        })
+        }, EXIT_RETRY_S)
         return 0
-    atomic_write_json(paths.trainer_record, {
+    tracked = _record(paths.trainer_record, {
         "attempt": attempt, "pid": child.pid, "pgid": child.pid, "start_time": procs.start_time(child.pid),
         "waiter_pid": os.getpid(), "waiter_start_time": procs.start_time(os.getpid()),
         "incarnation": incarnation, "tag": env.get("RGT_AGENT_TAG"), "started_at": started_at, "cell": cell,
-    })
-    assert child.stdout is not None
-    out = child.stdout.fileno()
-    while True:
-        try:
-            data = os.read(out, READ_CHUNK)
-        except InterruptedError:
-            continue
-        if not data:
-            break
-        log.write(data)
+    }, RECORD_RETRY_S)
+    if not tracked:
+        # An untracked trainer could run beside the next attempt's: it must not live on.
+        os.killpg(child.pid, signal.SIGKILL)
+        log.write(b"rgt: trainer.json could not be written (disk full?): the trainer was stopped\n")
+    _pump(child, log)
     rc = child.wait()
     log.close()
-    atomic_write_json(paths.exit, {
+    _record(paths.exit, {
         "attempt": attempt, "pid": child.pid,
         "exit_code": rc if rc >= 0 else None,
         "signal": _signal_name(-rc) if rc < 0 else None,
         "started_at": started_at, "ended_at": time.time(), "incarnation": incarnation,
-    })
+    }, EXIT_RETRY_S)
     return 0
+
+
+def _pump(child: subprocess.Popen, log: RotatingLog) -> None:
+    """Copy the trainer's output to the log until EOF, or shortly after the trainer itself ended.
+
+    A background child (tensorboard, ``cmd &``) may hold the pipe open forever: the trainer's own end
+    is what counts, so reading stops ``DRAIN_AFTER_EXIT_S`` after it.
+    """
+    assert child.stdout is not None
+    out = child.stdout.fileno()
+    leader_gone_at: Optional[float] = None
+    while True:
+        ready, _, _ = select.select([out], [], [], 0.5)
+        if ready:
+            data = os.read(out, READ_CHUNK)
+            if not data:
+                return
+            log.write(data)
+        if child.poll() is not None:
+            now = time.monotonic()
+            leader_gone_at = leader_gone_at or now
+            if now - leader_gone_at > DRAIN_AFTER_EXIT_S:
+                return
+
+
+def _record(path: str, obj: Dict[str, object], retry_s: float) -> bool:
+    """Write a record atomically, retrying while the disk is full (the agent prunes meanwhile)."""
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            atomic_write_json(path, obj)
+            return True
+        except OSError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(1.0)
 
 
 def main(paths: RunPaths, attempt: int, resume_from: Optional[str], lock_fd: Optional[int],

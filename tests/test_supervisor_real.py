@@ -256,3 +256,12 @@ def test_agent_killed_9_is_adopted_on_restart_without_a_second_trainer(tmp_path,
     assert _attempts(run) == 1, "the trainer was adopted, not started twice"
     reasons = [r.get("reason", "") for r in read_journal(str(run / "events.msgpack")).records]
     assert any("adopting attempt 1" in r for r in reasons)
+
+
+def test_a_clean_exit_counts_even_when_a_background_child_keeps_stdout_open(tmp_path, pyz):
+    run = make_run_dir(tmp_path, "bgchild", ["sh", "-c", "sleep 30 & echo step=1 loss=1.0; exit 0"], tick_s=0.3,
+                       stall_after_s=5.0)
+    _daemon(pyz, run)
+    name, marker = _marker(run)
+    assert name == "DONE", marker
+    assert marker["exit_code"] == 0 and _failures(run) == [], "not stalled by a pipe the trainer no longer owns"
