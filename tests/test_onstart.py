@@ -242,3 +242,14 @@ def test_push_over_ssh_puts_the_agent_and_code_under_the_persistent_root_and_reg
     assert (rec["host"], rec["root"], rec["profile"]) == (sshbox.alias, root, "vastai")
     again = rgt("push", sshbox.alias, "--run", "ssh1")  # no --root: the registered one is used
     assert again.returncode == 0 and f"{root}/agent/" in again.stderr
+
+
+def test_push_code_onto_a_run_that_already_ran_is_refused_and_its_outputs_stay(env):
+    env.rgt("up", "local", "--run", "pushed", "--tick-s", "0.3", "--", "python3", "train.py", check=True,
+            extra_env={"STEPS": "1"})
+    assert env.rgt("wait", "pushed").returncode == 0
+    output = env.run_dir("pushed") / "code" / "results.json"
+    output.write_text("{}")
+    p = env.rgt("push", "local", "--run", "pushed", "--code", str(env.project))
+    assert p.returncode == 2 and "--replace-code" in p.stderr
+    assert output.exists()

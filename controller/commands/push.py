@@ -19,10 +19,13 @@ from . import json_option, ssh_options
               help="Project dir to sync into the run's code/ (needs --run).")
 @click.option("--python", default=None, help="Python on the box for the agent (default: the spec's, else probe).")
 @click.option("--start", is_flag=True, help="Start (or resume) the run's agent now, as the onstart script would.")
+@click.option("--replace-code", is_flag=True,
+              help="Let --code replace the code/ of a run that already ran (its outputs there are deleted).")
 @ssh_options
 @json_option
 @click.pass_obj
-def cli(app, host, profile, root, run_id, code_dir, python, start, port, ssh_config, as_json) -> None:
+def cli(app, host, profile, root, run_id, code_dir, python, start, replace_code, port, ssh_config,
+        as_json) -> None:
     """Copy the agent archive to HOST, where an onstart script (`rgt onstart`) finds it on every start."""
     from rgt.controller import launch, onstart
     from rgt.controller.app import check_host
@@ -67,6 +70,10 @@ def cli(app, host, profile, root, run_id, code_dir, python, start, port, ssh_con
         raise RgtError(f"cannot create {rec.run_dir} on {host}: {res.err.decode(errors='replace').strip()[:300]}")
     transport.run(["chmod", "700", rec.run_dir])
     if code_dir:
+        if not replace_code and (transport.exists(f"{rec.run_dir}/status.json")
+                                 or transport.exists(f"{rec.run_dir}/exit.json")):
+            raise BadInput(f"run {run_id} on {host} has already run: syncing --code would delete the outputs in "
+                           f"its code/ dir; pull them first, then add --replace-code")
         launch.sync_code(transport, os.path.abspath(code_dir), rec.run_dir)
         app.info(f"code synced into {rec.run_dir}/code")
     spec = launch.box_spec(transport, rec)
