@@ -16,7 +16,6 @@ entries keeps the file as it is, so the manifest hash only moves when the box's 
 
 from __future__ import annotations
 
-import fnmatch
 import glob
 import os
 import stat
@@ -149,26 +148,16 @@ def _sidecar(rel: str, name: str) -> str:
 
 
 def _unindexed(paths: RunPaths, spec: RunSpec, indexed: set) -> Roster:
-    """Checkpoint-glob matches the pipeline never indexed (no pipeline, or the agent died first)."""
+    """Checkpoints the pipeline never indexed (no pipeline, or the agent died first), found as it finds them."""
+    from .ckpt.scan import Matcher, list_candidates
+
     top = os.path.join(paths.root, spec.ckpt_dir)
     out: Roster = {}
-    try:
-        names = sorted(os.listdir(top))
-    except OSError:
-        return out
-    file_globs = [g for g in spec.ckpt_globs if not g.endswith("/")]
-    dir_globs = [g.rstrip("/") for g in spec.ckpt_globs if g.endswith("/")]
-    for name in names:
-        if name.startswith(".") or name.endswith(".tmp"):
+    for full, is_dir in (list_candidates(top, Matcher(spec.ckpt_globs)) or {}).values():
+        if _rel(paths, full) in indexed:
             continue
-        full = os.path.join(top, name)
-        rel = _rel(paths, full)
-        if rel in indexed:
-            continue
-        is_dir = os.path.isdir(full) and not os.path.islink(full)
-        if any(fnmatch.fnmatch(name, g) for g in (dir_globs if is_dir else file_globs)):
-            for f in _walk_files(full) if is_dir else [full]:
-                out[_inside(paths, _rel(paths, f), "checkpoint")] = "checkpoint"
+        for f in _walk_files(full) if is_dir else [full]:
+            out[_inside(paths, _rel(paths, f), "checkpoint")] = "checkpoint"
     return out
 
 

@@ -177,3 +177,17 @@ def test_directory_checkpoint_lists_its_files_and_keeps_them_when_pruned(tmp_pat
     write_index(paths, [dict(rec, pruned=True)])
     m, _ = agent_manifest.build(paths)
     assert entries(m)["ckpt/checkpoint-10/model.pt"] == ("checkpoint", True)
+
+
+def test_an_unindexed_checkpoint_in_a_subdirectory_is_in_the_final_manifest(tmp_path):
+    from rgt.agent import manifest as agent_manifest
+    from rgt.shared.paths import RunPaths
+    from tests.helpers import make_run_dir
+
+    run = make_run_dir(tmp_path, "sub1", ["true"])
+    (run / "ckpt" / "stage1").mkdir(parents=True)
+    (run / "ckpt" / "stage1" / "step_5.pt").write_bytes(b"weights")
+    (run / "DONE").write_text("{}")
+    m, final = agent_manifest.build(RunPaths(str(run)))
+    assert final
+    assert "ckpt/stage1/step_5.pt" in {e.path for e in m.entries}
