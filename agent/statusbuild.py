@@ -6,7 +6,7 @@ import glob
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from rgt.shared.paths import RunPaths
 from rgt.shared.spec import RunSpec
@@ -43,6 +43,7 @@ class StatusBuilder:
         self.notifier: Any = None  # Notifier, when the spec asks for webhooks
         self.book: Any = None  # CellBook of a queue or stage chain
         self.final_state: Optional[RunState] = None
+        self.heartbeat: Optional[Callable[[], None]] = None  # the daemon's status write, for long waits
         self.trainer_cgroup: Optional[tuple] = None  # (dir, version) of the trainer's memory cgroup
         self.oom_kills_before: Dict[str, Optional[int]] = {}
 
@@ -149,9 +150,13 @@ class StatusBuilder:
         pipeline.set_trainer_running(False)
         deadline = time.monotonic() + timeout_s
         pipeline.tick(time.monotonic())
+        beat = time.monotonic()
         while pipeline.pending() and time.monotonic() < deadline:
             time.sleep(0.1)
             pipeline.tick(time.monotonic())
+            if self.heartbeat is not None and time.monotonic() - beat >= self.spec.tick_s:
+                beat = time.monotonic()
+                self.heartbeat()  # a long final verify must not read as a dead (or paused) agent
         if pipeline.pending() and self.sup is not None:
             self.sup.journal.append("ckpt_drain_timeout", pending=pipeline.pending(), timeout_s=timeout_s)
 

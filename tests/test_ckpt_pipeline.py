@@ -343,3 +343,16 @@ def test_a_full_durable_dir_fails_loudly_and_the_copy_is_retried_once_there_is_r
     r.until(lambda: r.kinds("ckpt_durable_copied"), "the retried copy landed")
     copy = os.path.join(durable, "rgt", "r1", "big.pt")
     assert sha256(copy) == r.record("big.pt")["sha256"] and r.pipe.warning() is None
+
+
+def test_retention_never_prunes_a_checkpoint_without_a_step_in_its_name(rig):
+    r = rig()
+    d = _mk(r.ckpt)
+    torch.save({"w": torch.ones(2)}, os.path.join(d, "best.pt"))
+    for step in range(1, 6):
+        torch.save({"w": torch.ones(2) * step}, os.path.join(d, f"step_{step:04d}.pt"))
+    r.until(lambda: all(r.done(n) for n in ["best.pt"] + [f"step_{s:04d}.pt" for s in range(1, 6)]), "all checked")
+    r.pipe.prune("test")
+    left = visible(r.ckpt)
+    assert "best.pt" in left
+    assert [n for n in left if n.startswith("step_")] == ["step_0003.pt", "step_0004.pt", "step_0005.pt"]

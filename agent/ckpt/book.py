@@ -110,8 +110,10 @@ class RecordBook:
         """Delete what retention does not keep, among checkpoints we verified whose bytes are unchanged."""
         removed = []
         with self.lock:
+            # Only step-numbered checkpoints rotate: a trainer's own best.pt / final.pt / latest.pt has no
+            # step, and deleting it would lose the file it most wanted kept.
             live = [r for r in self._records.values() if r["state"] in self.resumable()
-                    and not (r.get("pruned") or r.get("quarantined"))]
+                    and not (r.get("pruned") or r.get("quarantined")) and r.get("step") is not None]
             keep = retention.keep_set(live, self.spec.keep_last, self.best_metric)
             for r in live:
                 path = os.path.join(self.ckpt_dir, r["key"])
