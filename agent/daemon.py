@@ -74,12 +74,12 @@ class Daemon(RunPlan):
         self.builder.notifier = self._build_notifier()
         self.builder.heartbeat = self._heartbeat
         self.last_tick: Optional[float] = None
+        self.save_request_at: Optional[float] = None  # SIGUSR1 not yet passed on to the trainer
 
     def _heartbeat(self) -> None:
         """Status written from inside a long wait; the tick clock moves on so no pause is inferred."""
         self.last_tick = time.monotonic()
         self.write_status()
-        self.save_request_at: Optional[float] = None  # SIGUSR1 not yet passed on to the trainer
 
     def _new_supervisor(self, cell: Optional[Dict[str, Any]], attempt: int) -> Supervisor:
         """One state machine per cell (or one for a plain run); attempts count on across cells."""
