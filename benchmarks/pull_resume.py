@@ -30,18 +30,7 @@ from rgt.controller import pull, verify  # noqa: E402
 from rgt.controller.registry import RunRecord  # noqa: E402
 from rgt.controller.transport.local import LocalTransport  # noqa: E402
 from rgt.shared.paths import RunPaths  # noqa: E402
-
-
-def local_bytes(dest: Path) -> int:
-    """Every byte under ``dest``: finished files, rsync temp files and the partial dir."""
-    total = 0
-    for root, _dirs, names in os.walk(dest):
-        for n in names:
-            try:
-                total += os.lstat(os.path.join(root, n)).st_size
-            except FileNotFoundError:
-                continue
-    return total
+from tests.helpers import local_bytes  # noqa: E402
 
 
 def resume_ratio(base: Path, size_mib: int, files: int) -> tuple[int, int, float]:

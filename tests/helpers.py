@@ -98,3 +98,28 @@ def make_run_dir(base: Path, run_id: str, command: List[str], code: Optional[Dic
 def agent_argv(pyz: str, python: Optional[str] = None) -> List[str]:
     """How a box runs the agent archive."""
     return [python or box_python(), "-I", pyz]
+
+
+def local_bytes(dest) -> int:
+    """Every byte under ``dest``: finished files, rsync's temp files and its partial dir."""
+    total = 0
+    for root, _dirs, names in os.walk(dest):
+        for n in names:
+            try:
+                total += os.lstat(os.path.join(root, n)).st_size
+            except FileNotFoundError:
+                continue  # rsync renamed it while we walked
+    return total
+
+
+def pull_rsync_of(pid: int):
+    """The rsync child of ``rgt pull`` (pid), once it runs the --files-from transfer; else None."""
+    import psutil
+
+    for p in psutil.Process(pid).children():
+        try:
+            if p.name() == "rsync" and any(a.startswith("--files-from") for a in p.cmdline()):
+                return p
+        except psutil.NoSuchProcess:
+            continue
+    return None

@@ -7,35 +7,13 @@ import os
 import signal
 import subprocess
 
-import psutil
 import pytest
 
 from tests.conftest import wait_until
 from tests.fake_providers import make_run, register, run_cli
-from tests.helpers import RGT
+from tests.helpers import RGT, local_bytes, pull_rsync_of
 
 pytestmark = pytest.mark.slow
-
-
-def _local_bytes(dest) -> int:
-    total = 0
-    for root, _dirs, names in os.walk(dest):
-        for n in names:
-            try:
-                total += os.lstat(os.path.join(root, n)).st_size
-            except FileNotFoundError:
-                continue
-    return total
-
-
-def _rsync_of(pid: int):
-    for p in psutil.Process(pid).children():
-        try:
-            if p.name() == "rsync" and any(a.startswith("--files-from") for a in p.cmdline()):
-                return p
-        except psutil.NoSuchProcess:
-            continue
-    return None
 
 
 def _sha(path) -> str:
@@ -61,14 +39,14 @@ def test_pull_interrupted_at_half_resumes_and_verifies_exactly(tmp_path, monkeyp
     register(tmp_path / "state", tmp_path / "box", "big1")
     dest = tmp_path / "rgt-pulls" / "big1"
     proc = _start_pull(tmp_path, "big1", 25000)
-    rsync = wait_until(lambda: _rsync_of(proc.pid), 120, what="rsync to start")
-    wait_until(lambda: _local_bytes(dest) >= total // 2, 120, what="half of the bytes to arrive")
+    rsync = wait_until(lambda: pull_rsync_of(proc.pid), 120, what="rsync to start")
+    wait_until(lambda: local_bytes(dest) >= total // 2, 120, what="half of the bytes to arrive")
     rsync.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
     assert "again to resume" in err
     assert not (dest / "PULL_VERIFIED.json").exists()
-    kept = _local_bytes(dest) - (dest / "manifest.json").stat().st_size
+    kept = local_bytes(dest) - (dest / "manifest.json").stat().st_size
     assert kept >= total // 2
 
     monkeypatch.setenv("RGT_STATE_DIR", str(tmp_path / "state"))
@@ -89,8 +67,8 @@ def test_pull_retries_by_itself_when_the_far_side_dies(tmp_path):
     register(tmp_path / "state", tmp_path / "box", "drop1")
     dest = tmp_path / "rgt-pulls" / "drop1"
     proc = _start_pull(tmp_path, "drop1", 20000)
-    top = wait_until(lambda: _rsync_of(proc.pid), 120, what="rsync to start")
-    wait_until(lambda: _local_bytes(dest) >= 15 << 20, 120, what="some bytes to arrive")
+    top = wait_until(lambda: pull_rsync_of(proc.pid), 120, what="rsync to start")
+    wait_until(lambda: local_bytes(dest) >= 15 << 20, 120, what="some bytes to arrive")
     for child in top.children(recursive=True):  # the receiving side vanishes, as with a dropped link
         child.send_signal(signal.SIGKILL)
     out, err = proc.communicate(timeout=180)

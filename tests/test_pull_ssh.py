@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from tests.conftest import require_real, wait_until
+from tests.helpers import local_bytes, pull_rsync_of
 from tests.sshbox import RGT
 
 pytest_plugins = ["tests.conftest_ssh"]
@@ -46,17 +47,9 @@ def _nft(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["nft", *args], capture_output=True, text=True, check=False)
 
 
-def _local_bytes(dest: Path) -> int:
-    return sum(os.lstat(os.path.join(r, n)).st_size for r, _d, names in os.walk(dest) for n in names)
 
 
-def _pull_rsync(pid: int):
-    for p in psutil.Process(pid).children():
-        try:
-            if p.name() == "rsync" and any(a.startswith("--files-from") for a in p.cmdline()):
-                return p
-        except psutil.NoSuchProcess:
-            continue
+
     return None
 
 
@@ -102,8 +95,8 @@ def test_pull_survives_a_link_dropped_mid_transfer(rgt, sshbox, code_dir, tmp_pa
                             stderr=subprocess.PIPE, text=True)
     dest = tmp_path / "rgt-pulls" / "sshdrop1"
     try:
-        first = wait_until(lambda: _pull_rsync(proc.pid), 60, what="rsync to start")
-        wait_until(lambda: dest.exists() and _local_bytes(dest) > 12 << 20, 60, what="12 MB to arrive")
+        first = wait_until(lambda: pull_rsync_of(proc.pid), 60, what="rsync to start")
+        wait_until(lambda: dest.exists() and local_bytes(dest) > 12 << 20, 60, what="12 MB to arrive")
         _nft("add", "table", "inet", table)
         _nft("add", "chain", "inet", table, "input", "{ type filter hook input priority 0 ; }")
         _nft("add", "rule", "inet", table, "input", "tcp", "dport", str(sshbox.port), "drop")
