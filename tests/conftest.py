@@ -11,6 +11,10 @@ import psutil
 import pytest
 
 REQUIRE_REAL = os.environ.get("RGT_REQUIRE_REAL") == "1"
+# One constant scales every bound a test waits with (a busy CI machine sets it above 1).
+TIME_SCALE = float(os.environ.get("RGT_TEST_TIME_SCALE", "1") or "1")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAINER_VENV_PYTHON = os.path.join(REPO, ".venv-trainer", "bin", "python")
 
 
 def require_real(available: bool, reason: str) -> None:
@@ -25,6 +29,7 @@ def require_real(available: bool, reason: str) -> None:
 def wait_until(cond: Callable[[], object], timeout_s: float = 30.0, interval_s: float = 0.05,
                what: Optional[str] = None) -> object:
     """Poll ``cond`` until it returns a truthy value; fail the test with ``what`` on timeout."""
+    timeout_s *= TIME_SCALE
     deadline = time.monotonic() + timeout_s
     while True:
         value = cond()
@@ -78,6 +83,17 @@ def pyz(tmp_path_factory) -> str:
 
     path, _ = builder.build(str(tmp_path_factory.mktemp("pyz")))
     return path
+
+
+@pytest.fixture(scope="session")
+def trainer_python() -> str:
+    """The python of the trainer venv (pinned lightning, transformers, torch CPU) that install.sh builds.
+
+    rgt's own venv never has these libraries: the laptop must verify checkpoints without them.
+    """
+    ok = os.access(TRAINER_VENV_PYTHON, os.X_OK)
+    require_real(ok, f"no trainer venv at {TRAINER_VENV_PYTHON} (./install.sh builds it)")
+    return TRAINER_VENV_PYTHON
 
 
 @pytest.fixture
