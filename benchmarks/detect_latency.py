@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import box_python, build_archive, cpu_seconds, make_run, median, read_status, rss_bytes
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import box_python, build_archive, cpu_seconds, make_run, median, read_status, rss_bytes  # noqa: E402
 
 EXITER = """\
 import sys, time

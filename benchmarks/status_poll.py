@@ -23,9 +23,10 @@ import threading
 import time
 from pathlib import Path
 
-from _common import median
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.sshbox import RGT, SSHBox
+from benchmarks._common import median  # noqa: E402
+from tests.sshbox import RGT, SSHBox  # noqa: E402
 
 TRAINER = "import time\nfor i in range(1, 10**6):\n    print(f'step={i}', flush=True)\n    time.sleep(0.5)\n"
 
