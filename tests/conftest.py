@@ -26,10 +26,15 @@ def require_real(available: bool, reason: str) -> None:
     pytest.skip(f"real part unavailable: {reason}")
 
 
-def wait_until(cond: Callable[[], object], timeout_s: float = 30.0, interval_s: float = 0.05,
+def scaled(seconds: float) -> float:
+    """A bound in seconds, scaled by RGT_TEST_TIME_SCALE: every wait and subprocess timeout goes through this."""
+    return seconds * TIME_SCALE
+
+
+def wait_until(cond: Callable[[], object], timeout_s: float = 120.0, interval_s: float = 0.05,
                what: Optional[str] = None) -> object:
     """Poll ``cond`` until it returns a truthy value; fail the test with ``what`` on timeout."""
-    timeout_s *= TIME_SCALE
+    timeout_s = scaled(timeout_s)
     deadline = time.monotonic() + timeout_s
     while True:
         value = cond()

@@ -14,7 +14,7 @@ from typing import Callable
 
 import pytest
 
-from tests.conftest import require_real
+from tests.conftest import require_real, scaled
 from tests.sshbox import RGT, SSHBox, sshd_available
 
 
@@ -54,7 +54,7 @@ def rgt(sshbox, rgt_state) -> Callable[..., subprocess.CompletedProcess]:
     """A runner for the `rgt` console script against the box, e.g. ``rgt("status", "--json")``."""
 
     def run(*args: str, timeout_s: float = 120.0, cwd: str = None) -> subprocess.CompletedProcess:
-        return subprocess.run([RGT, *args], capture_output=True, text=True, timeout=timeout_s,
+        return subprocess.run([RGT, *args], capture_output=True, text=True, timeout=scaled(timeout_s),
                               env=sshbox.env(rgt_state), cwd=cwd or os.getcwd(), check=False)
 
     run.state = rgt_state

@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from rgt.shared.spec import RunSpec
+from tests.conftest import scaled
+
+# The agent may verify a run's last checkpoints for up to this long before it judges the end
+# (statusbuild.drain_checkpoints): a test waiting for a marker waits longer than that.
+AGENT_DRAIN_S = 300.0
 
 RGT = str(Path(sys.executable).with_name("rgt"))
 TRAINER = '''\
@@ -58,10 +63,10 @@ class Env:
 
     def rgt(self, *args: str, check: bool = False, timeout: float = 120, extra_env: Optional[dict] = None,
             input: Optional[str] = None) -> subprocess.CompletedProcess:
-        """Run the installed `rgt` console script."""
+        """Run the installed `rgt` console script; ``timeout`` is scaled by RGT_TEST_TIME_SCALE."""
         env = dict(self.env, **(extra_env or {}))
         p = subprocess.run([RGT, *args], cwd=self.project, env=env, capture_output=True, text=True,
-                           timeout=timeout, input=input)
+                           timeout=scaled(timeout), input=input)
         if check and p.returncode != 0:
             raise AssertionError(f"rgt {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
         return p

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from tests.conftest import scaled
 from tests.sshbox import RGT, SSHBox, free_port
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "scancel")
@@ -305,7 +306,7 @@ def rgt_runner(login: SSHBox, state: str) -> Callable[..., subprocess.CompletedP
 
     def run(*args: str, timeout_s: float = 180.0, cwd: Optional[str] = None,
             env: Optional[dict] = None) -> subprocess.CompletedProcess:
-        return subprocess.run([RGT, *args], capture_output=True, text=True, timeout=timeout_s,
+        return subprocess.run([RGT, *args], capture_output=True, text=True, timeout=scaled(timeout_s),
                               env=dict(login.env(state), **(env or {})), cwd=cwd or os.getcwd(), check=False)
 
     run.state = state

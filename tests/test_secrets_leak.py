@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Dict, List
 
 from rgt.shared.secrets import load_secrets
-from tests.conftest import wait_until
+from tests.conftest import scaled, wait_until
 from tests.helpers import box_python
 
 pytest_plugins = ["tests.conftest_ssh"]
@@ -173,7 +173,7 @@ def test_a_secret_reaches_the_trainer_and_nothing_else_over_ssh(sshbox, rgt_stat
     (code / "train.py").write_text(TRAINER)
 
     def rgt(*args: str, extra_env: Dict[str, str]):
-        return subprocess.run([RGT, *args], capture_output=True, text=True, timeout=120, cwd=str(code),
+        return subprocess.run([RGT, *args], capture_output=True, text=True, timeout=scaled(120), cwd=str(code),
                               env=dict(sshbox.env(rgt_state), **extra_env), check=False)
 
     _leak_drill(rgt, sshbox.alias, lambda rid: Path(sshbox.home, ".rgt", "runs", rid), code, "python3",

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import require_real, wait_until
+from tests.conftest import require_real, scaled, wait_until
 from tests.slurmbox import TRAINER
 from tests.sshbox import RGT, SSHBox, sshd_available
 
@@ -52,8 +52,8 @@ def rgt(hosts, tmp_path):
     def run(*args: str, timeout_s: float = 300.0):
         import subprocess
 
-        return subprocess.run([RGT, *args], capture_output=True, text=True, timeout=timeout_s, env=env, cwd=code,
-                              check=False)
+        return subprocess.run([RGT, *args], capture_output=True, text=True, timeout=scaled(timeout_s), env=env,
+                              cwd=code, check=False)
 
     run.state, run.code = state, code
     yield run
