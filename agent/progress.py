@@ -5,44 +5,42 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-from typing import Dict, List, Optional, Pattern
+from typing import Dict, List, Optional
 
 from rgt.shared.status import Progress
 
-# Zero-code defaults (design section 7); a spec's progress_patterns replace them by key.
-DEFAULT_PATTERNS: Dict[str, str] = {
-    "step": r"\bstep[ =:]+(\d+)(?:\s*/\s*(\d+))?",
-    "loss": r"\bloss[ =:]+([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf)|NaN)",
-    "tqdm": r"(\d+)/(\d+) \[",
-    "hf": r"\{'loss': ",
-}
-_HF_PAIR = re.compile(r"'(\w+)': ([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf))")
+from . import progformats
+
 TAIL_LINES = 200
 MAX_READ_BYTES = 4 * 1024 * 1024
-
-
-def _num(text: str) -> Optional[float]:
-    try:
-        return float(text)
-    except ValueError:
-        return None
+MAX_PARTIAL_BYTES = 64 * 1024  # a redraw is short; a line without end is cut to its last 64 KiB
 
 
 class LogProgress:
-    """Reads only new bytes of the log each tick and keeps the last lines for the classifier."""
+    """Reads only new bytes of the log each tick and keeps the last lines for the classifier.
+
+    For the NaN policy: ``progress.loss`` is float nan/inf when the trainer printed one (status.json shows
+    null there and ``metrics.nonfinite_loss`` with the text), ``nonfinite_streak`` counts consecutive
+    non-finite loss reports (a finite one resets it), ``loss_reports`` counts all of them, and ``nan_seen``
+    stays set until the supervisor clears it. A report is a new (step, loss text) pair, so a bar's redraws
+    of the same loss count once.
+    """
 
     def __init__(self, path: str, patterns: Optional[Dict[str, str]] = None) -> None:
         self.path = path
-        merged = dict(DEFAULT_PATTERNS)
-        merged.update(patterns or {})
-        self.patterns: Dict[str, Pattern[str]] = {k: re.compile(v) for k, v in merged.items()}
+        self.user = progformats.compile_user(patterns)
         self.progress = Progress()
         self.tail: List[str] = []
         self.nan_seen = False
+        self.nonfinite_streak = 0
+        self.loss_reports = 0
+        self._last_report: Optional[tuple] = None
+        self._lock = progformats.BarLock()
+        self._state: Dict[str, object] = {}
         self._ino: Optional[int] = None
         self._offset = 0
         self._partial = b""
+        self._fed_partial: Optional[str] = None
 
     def poll(self, now: float) -> bool:
         """Consume what was appended since the last call; True when progress changed."""
@@ -60,51 +58,65 @@ class LogProgress:
             data = f.read(st.st_size - self._offset)
         self._offset = st.st_size
         lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
+        partial = lines.pop()
         changed = False
         for raw in lines:
             # tqdm redraws with carriage returns: the last segment is the current state.
             line = raw.decode("utf-8", "replace").split("\r")[-1]
             self.tail.append(line)
-            changed |= self.feed(line, now)
+            if line != self._fed_partial:
+                changed |= self.feed(line, now)
+            self._fed_partial = None
         del self.tail[:-TAIL_LINES]
+        if b"\r" in partial:
+            # A bar that redraws without newlines (HF's, to a pipe): each redraw is one write, so the
+            # newest one is read now; it is not read again when its line ends.
+            segments = partial.split(b"\r")
+            if not segments[-1].rstrip().endswith(b"]"):
+                segments = segments[:-1]  # still being written (a tqdm redraw ends with "]")
+            text = next((s for s in reversed(segments) if s.strip()), b"").decode("utf-8", "replace")
+            if text and text != self._fed_partial:
+                changed |= self.feed(text, now)
+                self._fed_partial = text
+            partial = b"\r" + partial.rpartition(b"\r")[2]
+        self._partial = partial[-MAX_PARTIAL_BYTES:]
         return changed
 
     def feed(self, line: str, now: float) -> bool:
-        """Apply the patterns to one line."""
-        p, changed = self.progress, False
+        """Apply the formats and the user's patterns to one segment."""
+        p = self.progress
         if line.startswith("=== rgt attempt "):
             self.tail = [line]
+            self._lock, self._state = progformats.BarLock(), {}  # a new attempt may start from a checkpoint
             return False
-        hf = self.patterns["hf"].search(line)
-        if hf:
-            for key, value in _HF_PAIR.findall(line[hf.start():]):
-                number = _num(value)
-                if key == "loss":
-                    p.loss = number
-                elif number is not None:
-                    p.metrics[key] = number
-            changed = True
-        m = self.patterns["step"].search(line)
-        if m:
-            p.step = int(m.group(1))
-            if m.lastindex and m.lastindex >= 2 and m.group(2):
-                p.total_steps = int(m.group(2))
-            changed = True
+        got = progformats.parse(line, self.user, self._lock, self._state)
+        if not got.said():
+            return False
+        if got.step is not None:
+            p.step = got.step
+        if got.total is not None:
+            p.total_steps = got.total
+        p.metrics.update(got.metrics)
+        if got.loss is not None:
+            p.loss = got.loss
+            self._count_loss(got.loss, got.loss_text)
+        p.updated_at, p.source = now, "log"
+        return True
+
+    def _count_loss(self, loss: float, text: Optional[str]) -> None:
+        p = self.progress
+        report = (p.step, text)
+        finite = math.isfinite(loss)
+        if finite:
+            p.metrics.pop("nonfinite_loss", None)
         else:
-            t = self.patterns["tqdm"].search(line)
-            if t:
-                p.step, p.total_steps = int(t.group(1)), int(t.group(2))
-                changed = True
-        m = self.patterns["loss"].search(line)
-        if m:
-            p.loss = _num(m.group(1).lower())
-            changed = True
-        if p.loss is not None and not math.isfinite(p.loss):
             self.nan_seen = True
-        if changed:
-            p.updated_at, p.source = now, "log"
-        return changed
+            p.metrics["nonfinite_loss"] = (text or str(loss)).lower()
+        if report == self._last_report:
+            return
+        self._last_report = report
+        self.loss_reports += 1
+        self.nonfinite_streak = 0 if finite else self.nonfinite_streak + 1
 
 
 def read_helper_progress(status_dir: str) -> Optional[Progress]:
@@ -117,6 +129,8 @@ def read_helper_progress(status_dir: str) -> Optional[Progress]:
     if not isinstance(d, dict):
         return None
     metrics = dict(d.get("metrics")) if isinstance(d.get("metrics"), dict) else {}
+    if isinstance(d.get("last_save_step"), int) and not isinstance(d.get("last_save_step"), bool):
+        metrics["last_save_step"] = d["last_save_step"]  # the integrations name each framework save
     if d.get("nonfinite"):
         metrics["_nonfinite"] = list(d["nonfinite"])  # the helper writes NaN/inf as null and names them here
     return Progress(

@@ -183,7 +183,8 @@ def test_report_writes_progress_json_rate_limited_unless_the_phase_changes(tmp_p
     h.report(1, loss=2.5, phase="train", total_steps=10, lr=0.1)
     doc = read()
     assert set(doc) == {"schema", "run_id", "pid", "step", "total_steps", "loss", "phase", "metrics", "nonfinite",
-                        "updated_at", "save_cost_s", "cadence_s", "last_save_step", "preempted"}
+                        "updated_at", "save_cost_s", "cadence_s", "last_save_step", "preempted",
+                        "last_save_path", "saves", "nonfinite_streak", "nonfinite_first_step"}
     assert (doc["step"], doc["total_steps"], doc["loss"], doc["metrics"]) == (1, 10, 2.5, {"lr": 0.1})
     clock.t += 0.1
     h.report(2, loss=2.4, phase="train")
