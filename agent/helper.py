@@ -20,11 +20,12 @@ from .ckpt.cadence import DEFAULT_MTBF_S, Cadence, daly_interval_s, young_interv
 from .ckpt.snapshot import CheckpointWriteError, Snapshotter, Writer, nonfinite, plain, sidecar_path, step_of
 
 __all__ = [
-    "CheckpointWriteError", "Helper", "cadence", "daly_interval_s", "get", "load_latest", "preempted",
-    "report", "save", "should_save", "sidecar_path", "step_of", "wait", "young_interval_s",
+    "CheckpointWriteError", "Helper", "cadence", "daly_interval_s", "get", "load_latest", "note_checkpoint",
+    "preempted", "report", "save", "should_save", "sidecar_path", "step_of", "wait", "young_interval_s",
 ]
 
 REPORT_MIN_INTERVAL_S = 0.5
+SAVES_KEPT = 16  # the newest saves a framework made itself, listed in progress.json
 CKPT_NAME = "step_{step:09d}.pt"
 LOADABLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
@@ -57,6 +58,9 @@ class Helper:
         self._report_t: Optional[float] = None
         self._report_phase: Optional[str] = None
         self._pending: Optional[Dict[str, Any]] = None
+        self._last_report: Optional[Dict[str, Any]] = None
+        self._nan_streak, self._nan_first_step = 0, None  # consecutive report() calls with a non-finite loss
+        self.saves: List[Dict[str, Any]] = []
         self._preempted = False
         self._save_requested = False
         self._prev_usr1: Any = None
@@ -149,15 +153,33 @@ class Helper:
         """Publish progress to $RGT_STATUS_DIR/progress.json (at most every 0.5 s unless the phase moves)."""
         self._pending = {"step": step, "loss": loss, "phase": phase, "total_steps": total_steps,
                          "metrics": metrics, "updated_at": time.time()}
+        if loss is not None:  # counted here, not at the (throttled) write: the agent's NaN policy reads it
+            bad = nonfinite(loss)
+            self._nan_first_step = (step if not self._nan_streak else self._nan_first_step) if bad else None
+            self._nan_streak = self._nan_streak + 1 if bad else 0
         now = self._clock()
         if self._report_t is None or phase != self._report_phase or now - self._report_t >= REPORT_MIN_INTERVAL_S:
             self.flush_report()
+
+    def note_checkpoint(self, path: Optional[str], step: Optional[int]) -> None:
+        """A checkpoint the framework saved itself (Lightning, HF): named in progress.json at once."""
+        info = {"step": None if step is None else int(step), "path": None if path is None else str(path),
+                "at": time.time()}
+        self.last_save = dict(self.last_save, step=info["step"], path=info["path"])
+        self.saves = (self.saves + [info])[-SAVES_KEPT:]
+        if self._pending is None and self._last_report is not None:
+            self._pending = dict(self._last_report)
+        if self._pending is None:
+            self._pending = {"step": step, "loss": None, "phase": None, "total_steps": None, "metrics": {},
+                             "updated_at": time.time()}
+        self.flush_report()
 
     def flush_report(self) -> None:
         """Write the latest report now, if one is pending."""
         if self._pending is None or not self.status_dir:
             return
         p, self._pending = self._pending, None
+        self._last_report = p
         self._report_t, self._report_phase = self._clock(), p["phase"]
         raw = dict(p["metrics"], loss=p["loss"])
         doc = {
@@ -167,8 +189,10 @@ class Helper:
             "loss": plain(p["loss"]), "phase": p["phase"],
             "metrics": {str(k): plain(v) for k, v in p["metrics"].items()},
             "nonfinite": sorted(k for k, v in raw.items() if v is not None and nonfinite(v)),
+            "nonfinite_streak": self._nan_streak, "nonfinite_first_step": self._nan_first_step,
             "updated_at": p["updated_at"], "save_cost_s": self.cadence.cost_s,
             "cadence_s": self.cadence.current()["interval_s"], "last_save_step": self.last_save.get("step"),
+            "last_save_path": self.last_save.get("path"), "saves": list(self.saves),
             "preempted": self._preempted,
         }
         path = os.path.join(self.status_dir, "progress.json")
@@ -261,6 +285,11 @@ def should_save(step: int) -> bool:
 def report(step: int, loss: Any = None, phase: Optional[str] = None, **metrics: Any) -> None:
     """Progress for the agent; ``total_steps=`` is recognised, other keywords are metrics."""
     get().report(step, loss, phase, **metrics)
+
+
+def note_checkpoint(path: Optional[str], step: Optional[int] = None) -> None:
+    """Tell the agent about a checkpoint the framework wrote itself (the integrations call this)."""
+    get().note_checkpoint(path, step)
 
 
 def preempted() -> bool:
