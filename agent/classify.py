@@ -15,6 +15,12 @@ CONFIG_TEXT = re.compile(
     r"NameError)\b|^usage: |error: (unrecognized arguments|the following arguments are required)"
 )
 TRACEBACK = re.compile(r"^Traceback \(most recent call last\)")
+# Errors that repeat identically on every launch: python cannot find or parse the program.
+CANT_START = re.compile(r"can't open file .*\[Errno \d+\]|: command not found$|: No such file or directory$|"
+                        r"Permission denied$|^rgt: cannot start ")
+EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit))(?::|$)")
+IMPORT_OR_SYNTAX = ("ModuleNotFoundError", "ImportError", "SyntaxError", "IndentationError", "TabError")
+NOT_FOUND_EXIT_CODES = (126, 127)  # the shell's "not executable" and "command not found"
 STEP_IN_TEXT = re.compile(r"\bstep[ =:]+(\d+)")
 
 
@@ -38,6 +44,7 @@ class Evidence(NamedTuple):
     new_incarnation: bool = False
     stalled: Optional[str] = None
     completion_ok: Optional[bool] = None  # None: the spec names no completion evidence
+    attempt: Optional[int] = None
 
 
 class Verdict(NamedTuple):
@@ -56,6 +63,31 @@ def _last(pattern: re.Pattern[str], tail: List[str]) -> Optional[str]:
     for line in reversed(tail):
         if pattern.search(line):
             return line.strip()[:300]
+    return None
+
+
+def _final_exception(tail: List[str]) -> Optional[str]:
+    """The exception line python printed last (the one that ended the program), or None."""
+    for line in reversed(tail[-60:]):
+        text = line.strip()
+        if EXCEPTION_LINE.match(text):
+            return text[:300]
+    return None
+
+
+def _deterministic(ev: Evidence) -> Optional[str]:
+    """Evidence that this launch would fail the same way every time (config_error), or None."""
+    if ev.exit_code in NOT_FOUND_EXIT_CODES and ev.signal is None:
+        line = _last(CANT_START, ev.tail) or next((t.strip() for t in reversed(ev.tail) if t.strip()), "")
+        what = "not executable" if ev.exit_code == 126 else "command not found"
+        return f"exit code {ev.exit_code} ({what}){': ' + line[:300] if line else ''}"
+    line = _last(CANT_START, ev.tail[-20:])
+    if line and ev.runtime_s <= ev.start_grace_s:
+        return f"{_how(ev)} after {ev.runtime_s:.1f}s: {line}"
+    exc = _final_exception(ev.tail)
+    if exc and exc.split(":")[0].rsplit(".", 1)[-1] in IMPORT_OR_SYNTAX and (
+            ev.attempt in (None, 1) or ev.runtime_s <= ev.start_grace_s):
+        return f"{_how(ev)} after {ev.runtime_s:.1f}s: {exc}"
     return None
 
 
@@ -83,6 +115,9 @@ def classify(ev: Evidence) -> Verdict:
             f"{how}; cgroup oom_kill {ev.oom_kills_before} -> {ev.oom_kills_after}; "
             f"peak {ev.mem_peak_bytes} of limit {ev.mem_limit_bytes} bytes"))
     failed = ev.exit_code != 0 or ev.signal is not None
+    config = _deterministic(ev) if failed else None
+    if config:
+        return Verdict(_F.CONFIG_ERROR, config)
     line = _last(CUDA_OOM, ev.tail)
     if failed and line:
         m = STEP_IN_TEXT.search(" ".join(ev.tail[-50:]))

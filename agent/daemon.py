@@ -88,7 +88,7 @@ class Daemon(RunPlan):
             sspec.attempt_timeout_s = self.spec.cells[cell["index"] - 1].get("timeout_s")
         sup = Supervisor(sspec, self.runner, self.journal, self.builder.judge,
                          resume_from=self.builder.resume_from, on_transition=self._on_transition,
-                         on_retry=self.builder.on_retry)
+                         on_retry=self.builder.on_retry, on_launch=self.builder.on_launch)
         sup.attempt = attempt
         self.sup = self.builder.sup = sup
         return sup
@@ -178,6 +178,9 @@ class Daemon(RunPlan):
         dropped = self.journal.repair()
         self.journal.append("agent_start", pid=os.getpid(), version=agent_version(),
                             incarnation=self.incarnation, journal_bytes_dropped=dropped)
+        # The index and the durable dir first: the first launch of this agent must see what earlier
+        # agents verified (resume is a property of the run, not of one agent's memory).
+        self.builder.pipeline.start()
         self.begin()
         if self.final is None and self.sup.state.terminal:
             self._after_supervisor()

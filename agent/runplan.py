@@ -63,6 +63,7 @@ class RunPlan:
             return
         if attempt in self._consumed_attempts():
             self.sup.restarts = restarts
+            self.builder.drain_checkpoints()  # what the last attempt saved before it ended is a target too
             self._launch(f"agent restarted after attempt {attempt} ended; resuming")
             return
         if rec.get("incarnation") != self.incarnation:

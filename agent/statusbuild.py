@@ -14,8 +14,10 @@ from rgt.shared.states import FailureClass, RunState
 from rgt.shared.status import Cell, Checkpoint, Cost, Progress, Sentinel, Status, Trainer
 
 from . import launch, procs
+from .ckptnotes import ckpt_warnings
 from .classify import Evidence, Verdict, classify
-from .progress import LogProgress, read_helper_progress
+from .nanwatch import NanWatch, WatchedLog, exclude_after_nan, police
+from .progress import read_helper_progress
 from .runner import read_record
 from .supervisor import Ended
 
@@ -30,7 +32,9 @@ class StatusBuilder:
         self.paths, self.spec, self.version, self.incarnation = paths, spec, version, incarnation
         self.previous = previous
         self.seq = previous.seq if previous else 0
-        self.logp = LogProgress(paths.trainer_log, spec.progress_patterns)
+        self.nan = NanWatch(spec.nan_after)
+        self.logp = WatchedLog(self.nan, paths.trainer_log, spec.progress_patterns)
+        self.attempt_started_at: Optional[float] = None  # wall time; older helper reports are the last attempt's
         self.progress = Progress()
         self.sup: Any = None
         self.pipeline: Any = None  # CheckpointPipeline, wired by the daemon when available
@@ -51,7 +55,10 @@ class StatusBuilder:
     def poll_inputs(self, now_mono: float) -> None:
         """Read progress from the helper or the log; a change feeds the stall clock."""
         changed = self.logp.poll(time.time())
+        self.nan.poll_helper(launch.helper_dir(self.paths), time.time())
         helper = read_helper_progress(launch.helper_dir(self.paths))
+        if helper is not None and self._attempt_start() and (helper.updated_at or 0.0) < self._attempt_start():
+            helper = None  # the previous attempt's last report: this attempt has not reported yet
         if helper is not None and "loss" in (helper.metrics.pop("_nonfinite", None) or ()):
             self.logp.nan_seen = True
         if helper is not None and (self.progress.source != "helper" or helper.updated_at != self.progress.updated_at):
@@ -62,8 +69,25 @@ class StatusBuilder:
             self.progress = self.logp.progress
         if changed and self.sup is not None:
             self.sup.note_progress(now_mono)
+        police(self.nan, self.sup, self.alerts)
         self._trainer_paused()
         self._sample_trainer_memory()
+
+    def _attempt_start(self) -> Optional[float]:
+        """When the current attempt started (wall clock): from our launch, or the adopted trainer's record."""
+        if self.attempt_started_at is None and self.sup is not None and self.sup.attempt:
+            rec = read_record(self.paths.trainer_record) or {}
+            if rec.get("attempt") == self.sup.attempt:
+                self.attempt_started_at = rec.get("started_at")
+        return self.attempt_started_at
+
+    def on_launch(self, attempt: int) -> None:
+        """A new attempt starts: its progress, NaN count and warnings start from nothing."""
+        self.attempt_started_at = time.time()
+        self.progress = Progress()
+        self.logp.progress = Progress()
+        self.nan.reset()
+        self.alerts.pop("nan", None)
 
     def _sample_trainer_memory(self) -> None:
         """Follow the trainer's memory cgroup (it may move itself) and note its oom_kill count at first sight."""
@@ -164,6 +188,7 @@ class StatusBuilder:
         """Gather the evidence for one ended attempt and classify it."""
         self.drain_checkpoints()
         self.logp.poll(time.time())
+        self.nan.poll_helper(launch.helper_dir(self.paths), time.time())
         disk = _statvfs(launch.ckpt_dir(self.spec, self.paths)) or _statvfs(self.paths.root)
         completion_ok = None
         if self.spec.completion_files:
@@ -171,19 +196,30 @@ class StatusBuilder:
         ev = Evidence(
             exit_code=ended.exit_code, signal=ended.signal, runtime_s=ended.runtime_s, tail=list(self.logp.tail),
             start_grace_s=self.spec.start_grace_s, disk_free_bytes=disk[0] if disk else None,
-            inodes_free=disk[1] if disk else None, nan_seen=self.logp.nan_seen, step=self.progress.step,
+            inodes_free=disk[1] if disk else None, nan_seen=self.logp.nan_seen or self.nan.seen_any,
+            step=self.progress.step, attempt=ended.attempt,
             gpu_fault=self.gpu_fault, new_incarnation=self.new_incarnation, stalled=stalled,
             completion_ok=completion_ok, **self._memory_evidence(),
         )
         new_incarnation, self.new_incarnation = self.new_incarnation, False
         self.trainer_cgroup = None
         self.oom_kills_before.clear()
+        forced = getattr(self.sup, "forced", None)
+        if forced is not None:
+            exclude_after_nan(self.nan, self.pipeline, self._attempt_start(), self.spec.tick_s, self.sup)
+            return Verdict(*forced)
         if ended.exit_code is None and ended.signal is None and not new_incarnation:
             if ev.disk_free_bytes == 0 or ev.inodes_free == 0:
                 fc = FailureClass.INODE_FULL if ev.inodes_free == 0 else FailureClass.DISK_FULL
                 return Verdict(fc, "the waiter could not record the exit: the disk is full")
             return Verdict(FailureClass.CRASHED, "the waiter vanished without recording the exit (killed?)")
         verdict = classify(ev)
+        n, source = self.nan.streak()
+        if verdict.failure is None and n:
+            # Exit 0 with the loss still non-finite: it never recovered, however few reports came first.
+            verdict = Verdict(FailureClass.NAN, f"exit code 0, but {self.nan.evidence(source)}")
+        if verdict.failure == FailureClass.NAN:
+            exclude_after_nan(self.nan, self.pipeline, self._attempt_start(), self.spec.tick_s, self.sup)
         if verdict.failure is None:
             error = self._sync_gate()
             if error:
@@ -237,7 +273,7 @@ class StatusBuilder:
             run_id=self.spec.run_id, state=state.value, agent_version=self.version,
             incarnation=self.incarnation, agent_pid=os.getpid(), tick_s=self.spec.tick_s, updated_at=now,
             seq=self.seq, trainer=trainer, progress=self.progress, sentinels=sentinels,
-            checkpoint=self.pipeline.status(now) if self.pipeline is not None else Checkpoint(),
+            checkpoint=self._checkpoint(now),
             cost=self._cost(now),
             cells=[Cell(c["index"], c["name"], c["state"], c["exit_code"], c["failure_class"])
                    for c in (self.book.cells if self.book is not None else [])],
@@ -247,6 +283,15 @@ class StatusBuilder:
             status.sentinels = extra + sentinels
         status.next_action = self._next_action(status, state)
         return status
+
+    def _checkpoint(self, now: float) -> Checkpoint:
+        """The pipeline's block plus one loud line for every checkpoint that is no resume target."""
+        if self.pipeline is None:
+            return Checkpoint()
+        cp = self.pipeline.status(now)
+        if hasattr(cp, "warnings"):
+            cp.warnings = ckpt_warnings(self.pipeline.records(), self.spec.allow_pickle)
+        return cp
 
     def _cost(self, now: float) -> Cost:
         rate = self.spec.usd_per_hour
@@ -275,7 +320,12 @@ class StatusBuilder:
             return f"done: pull the results with `rgt pull {rid}`, then `rgt down {rid}`"
         if state == RunState.FAILED:
             lf = st.trainer.last_failure
-            return (lf.remediation if lf and lf.remediation else "see `rgt logs`") + f"; then `rgt resume {rid}`"
+            line = (lf.remediation if lf and lf.remediation else "see `rgt logs`") + f"; then `rgt resume {rid}`"
+            if lf is not None and lf.class_ == FailureClass.NAN.value:
+                target = st.checkpoint.resume_from
+                line += (f"; it resumes from {target}, the newest checkpoint before the loss went non-finite"
+                         if target else "; no finite checkpoint was saved, so a resume starts from scratch")
+            return line
         if state == RunState.STOPPED:
             return f"stopped: `rgt resume {rid}` to continue, or `rgt pull {rid}`"
         return "agent is finding out what is on the box"

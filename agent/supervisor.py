@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 from rgt.shared.journal import Journal
 from rgt.shared.spec import RunSpec
@@ -83,10 +83,12 @@ class Supervisor:
         on_transition: Callable[[RunState, RunState, str], None] = lambda a, b, r: None,
         on_retry: Callable[[Verdict], None] = lambda v: None,
         clock: Callable[[], float] = time.monotonic,
+        on_launch: Callable[[int], None] = lambda attempt: None,
     ) -> None:
         self.sspec, self.runner, self.journal, self.judge = sspec, runner, journal, judge
         self.resume_from, self.on_transition, self.on_retry, self.clock = (
             resume_from, on_transition, on_retry, clock)
+        self.on_launch = on_launch
         self.state = _S.UNKNOWN
         self.attempt = 0
         self.restarts = 0
@@ -98,6 +100,7 @@ class Supervisor:
         self.stop_reason: Optional[str] = None
         self.kill_at: Optional[float] = None
         self.stall_reason: Optional[str] = None
+        self.forced: Optional[Tuple[FailureClass, str]] = None  # the agent ended the attempt for this cause
         self.last_progress: Optional[float] = None
         self.longest_step_s = 0.0
         self.final_reason = ""
@@ -123,11 +126,15 @@ class Supervisor:
     def launch(self, reason: str) -> None:
         """Start the next attempt."""
         self.attempt += 1
-        self.last_progress, self.stall_reason, self.kill_at = None, None, None
+        self.last_progress, self.stall_reason, self.kill_at, self.forced = None, None, None, None
         self.attempt_started = self.clock()
         self.transition(_S.STARTING, reason)  # UNKNOWN|BACKOFF -> STARTING
+        # Every launch reads the target from what is recorded on disk now, and the journal names it.
+        resume_from = self.resume_from()
+        self.journal.append("launch", attempt=self.attempt, resume_from=resume_from)
+        self.on_launch(self.attempt)
         try:
-            self.runner.start(self.attempt, self.resume_from())
+            self.runner.start(self.attempt, resume_from)
         except LaunchRefused as e:
             self.last_failure = LastFailure(None, str(e), None, time.time())
             self.transition(_S.FAILED, f"refused before start: {e}")  # STARTING -> FAILED
@@ -137,6 +144,18 @@ class Supervisor:
         if self.last_progress is not None:
             self.longest_step_s = max(self.longest_step_s, now - self.last_progress)
         self.last_progress = now
+
+    def stop_for(self, failure: FailureClass, evidence: str) -> None:
+        """End the attempt for a cause the agent saw (a NaN loss): whatever its exit code, it is ``failure``.
+
+        SIGTERM to the group now, SIGKILL at the grace deadline, as for a stall.
+        """
+        if self.state not in (_S.STARTING, _S.RUNNING) or self.forced is not None or self.stop_reason:
+            return
+        self.forced = (failure, evidence)
+        self.journal.append("forced_stop", attempt=self.attempt, evidence=evidence, **{"class": failure.value})
+        self.runner.signal_stop(kill=False)
+        self.kill_at = self.clock() + self.sspec.stop_timeout_s
 
     def request_stop(self, reason: str) -> None:
         """Stop on request: SIGTERM now, SIGKILL at one monotonic deadline."""
@@ -172,12 +191,13 @@ class Supervisor:
                 self.runner.signal_stop(kill=True)
                 self.kill_at = None
             elif (timeout is not None and self.state == _S.RUNNING and self.stall_reason is None
-                  and now - self.attempt_started > timeout):
+                  and self.kill_at is None and now - self.attempt_started > timeout):
                 self.stall_reason = f"timed out after {now - self.attempt_started:.0f}s (timeout_s {timeout:.0f})"
                 self.journal.append("timeout", attempt=self.attempt, timeout_s=timeout)
                 self.runner.signal_stop(kill=False)
                 self.kill_at = now + self.sspec.stop_timeout_s
-            elif self.state == _S.RUNNING and self.stall_reason is None and self.last_progress is not None:
+            elif (self.state == _S.RUNNING and self.stall_reason is None and self.kill_at is None
+                  and self.last_progress is not None):
                 quiet_s = now - self.last_progress
                 if quiet_s > self.stall_after_s():
                     self.stall_reason = f"no progress for {quiet_s:.0f}s (limit {self.stall_after_s():.0f}s)"
@@ -194,6 +214,8 @@ class Supervisor:
             self.transition(_S.STOPPED, f"{self.stop_reason}; trainer ended with {how}")
             return
         verdict = self.judge(ended, self.stall_reason)
+        if self.forced is not None:
+            verdict = Verdict(self.forced[0], f"{self.forced[1]}; stopped by the agent, trainer ended with {how}")
         if verdict.failure is None:
             self.transition(_S.SUCCEEDED, f"trainer ended with {how}")
             return

@@ -150,6 +150,19 @@ def _record(path: str, obj: Dict[str, object], retry_s: float) -> bool:
             time.sleep(1.0)
 
 
+def _ends_mid_line(path: str) -> bool:
+    """Whether the log's last byte is not a newline (an empty or absent log ends nothing)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except OSError:
+        return False
+
+
 def main(paths: RunPaths, attempt: int, resume_from: Optional[str], lock_fd: Optional[int],
          cell_index: Optional[int] = None) -> int:
     """Entry point of `pyz waiter RUN_DIR`: build the trainer's env here, so secrets never travel."""
@@ -168,6 +181,8 @@ def main(paths: RunPaths, attempt: int, resume_from: Optional[str], lock_fd: Opt
     else:
         argv, env = launch.cell_launch(spec, paths, attempt, resume_from, cell_index, notes)
     with open(paths.trainer_log, "ab") as f:
+        # The banner on its own line, even after an unfinished line (a tqdm bar ends in \r, not \n).
+        f.write(b"\n" if _ends_mid_line(paths.trainer_log) else b"")
         f.write(launch.attempt_header(attempt).encode())
         for note in notes:
             f.write(f"rgt: {note}\n".encode())

@@ -38,6 +38,7 @@ class RunSpec:
     start_grace_s: float = 60.0
     stop_timeout_s: float = 30.0
     stall_after_s: Optional[float] = None  # None: max(600, 5x the longest step interval seen)
+    nan_after: int = 3  # consecutive non-finite loss reports that end an attempt as `nan`
     backoff_s: float = 5.0
     backoff_max_s: float = 300.0
     settle_s: float = 5.0
@@ -66,6 +67,8 @@ class RunSpec:
             raise BadInput("the spec has no command: give one after `--`")
         if self.tick_s <= 0 or self.max_restarts < 0 or self.keep_last < 1:
             raise BadInput("tick_s must be > 0, max_restarts >= 0 and keep_last >= 1")
+        if isinstance(self.nan_after, bool) or not isinstance(self.nan_after, int) or self.nan_after < 1:
+            raise BadInput(f"nan_after must be a whole number >= 1, not {self.nan_after!r}")
         names = [c.get("name") for c in self.cells]
         if len(set(names)) != len(names):
             raise BadInput("cell names must be unique")

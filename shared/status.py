@@ -64,6 +64,7 @@ class Checkpoint:
     cadence_s: Optional[float] = None
     resume_from: Optional[str] = None
     warning: Optional[str] = None  # unverified pickle, corrupt newest checkpoint, failed durable copy
+    warnings: List[str] = field(default_factory=list)  # every checkpoint that is no resume target, and why
 
 
 @dataclass

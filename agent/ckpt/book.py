@@ -113,7 +113,8 @@ class RecordBook:
             # Only step-numbered checkpoints rotate: a trainer's own best.pt / final.pt / latest.pt has no
             # step, and deleting it would lose the file it most wanted kept.
             live = [r for r in self._records.values() if r["state"] in self.resumable()
-                    and not (r.get("pruned") or r.get("quarantined")) and r.get("step") is not None]
+                    and not (r.get("pruned") or r.get("quarantined") or r.get("nan_suspect"))
+                    and r.get("step") is not None]
             keep = retention.keep_set(live, self.spec.keep_last, self.best_metric)
             for r in live:
                 path = os.path.join(self.ckpt_dir, r["key"])
@@ -144,6 +145,8 @@ class RecordBook:
         for r in sorted(self.snapshot().values(), key=retention.order_key, reverse=True):
             if best is not None and retention.order_key(r) <= best[0]:
                 break  # a durable copy is never newer than its record: nothing older can win
+            if r.get("nan_suspect"):
+                continue  # written after the loss went non-finite (the agent's NaN policy)
             path = os.path.join(self.ckpt_dir, r["key"])
             cand = None
             if (r["state"] in self.resumable() and not (r.get("pruned") or r.get("quarantined"))
