@@ -1,16 +1,20 @@
-"""Checkpoint checks for both sides (box verifier, laptop verify): safe load, intact bytes, finite tensors.
+"""Checkpoint checks for both sides (box verifier, laptop verify): safe load, intact bytes, finite weights.
 
-``verify_path`` returns {"ok", "kind", "detail", "tensors"}, kind one of verified, unverified_pickle,
-corrupt, nonfinite, unverifiable. It never unpickles anything beyond torch's weights-only loader, and
-never reports "verified" when torch is missing. Stdlib only; torch is imported when called.
+``verify_path`` returns {"ok", "kind", "detail", "tensors", "coverage", "hash_only"}; kind is one of verified,
+unverified_pickle, corrupt, nonfinite, unverifiable. Nothing is ever unpickled beyond torch's weights-only
+loader (plus an allowlist of numpy types that cannot run code); pickled metadata such as HF's
+``training_args.bin`` is only scanned opcode by opcode, never run, and is reported as "hash only".
+Never "verified" when torch is missing. Stdlib only; torch is imported when called.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import mmap
 import os
 import pickle
+import pickletools
 import struct
 import sys
 import warnings
@@ -26,17 +30,27 @@ SAFETENSORS_DTYPES = {
     "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1),
     "U8": ("uint8", 1), "BOOL": ("bool", 1),
 }
+# Framework bookkeeping at the top of a checkpoint dict, not model or optimizer state: Lightning's callback
+# state holds sentinels such as ModelCheckpoint's kth_value = tensor(inf), and its loop counters.
+BOOKKEEPING_KEYS = ("callbacks", "loops")
+# Pickled metadata a resume does not load (HF Trainer's TrainingArguments dataclass): hash and structure only.
+METADATA_FILES = ("training_args.bin",)
+METADATA_MAX_BYTES = 64 << 20
 
 
-def result(kind: str, detail: str, tensors: Optional[int] = None) -> Dict[str, Any]:
-    """One verdict, with the detail cut to a line a person reads."""
+def result(kind: str, detail: str, tensors: Optional[int] = None, hash_only: Optional[List[str]] = None,
+           how: Optional[str] = None) -> Dict[str, Any]:
+    """One verdict, with the detail cut to a line a person reads; coverage "partial" when some file is hash-only."""
     if len(detail) > 400:
         detail = detail[:397] + "..."
-    return {"ok": kind == "verified", "kind": kind, "detail": detail, "tensors": tensors}
+    hash_only = list(hash_only or [])
+    return {"ok": kind == "verified", "kind": kind, "detail": detail, "tensors": tensors,
+            "coverage": ("partial" if hash_only else "full") if kind == "verified" else None,
+            "hash_only": hash_only, "how": how}
 
 
 def walk_tensors(obj: Any, torch: Any, where: str, out: List[Tuple[str, Any]]) -> None:
-    """Collect (dotted name, tensor) from nested dicts, lists and tuples."""
+    """Collect (key path, tensor) from nested dicts, lists and tuples."""
     if isinstance(obj, torch.Tensor):
         out.append((where, obj))
     elif isinstance(obj, dict):
@@ -47,18 +61,48 @@ def walk_tensors(obj: Any, torch: Any, where: str, out: List[Tuple[str, Any]]) -
             walk_tensors(v, torch, f"{where}[{i}]", out)
 
 
+def _nonfinite(t: Any, torch: Any) -> Optional[str]:
+    """"NaN", "inf" or None for one floating or complex tensor."""
+    if not (t.is_floating_point() or t.is_complex()):
+        return None
+    try:
+        if bool(torch.isfinite(t).all()):
+            return None
+        return "NaN" if bool(torch.isnan(t).any()) else "inf"
+    except (RuntimeError, TypeError):
+        return None  # quantized or exotic storage: loading it was the check we can do
+
+
 def nonfinite_names(tensors: List[Tuple[str, Any]], torch: Any) -> List[str]:
     """Names of floating or complex tensors holding NaN or inf."""
+    return [name for name, t in tensors if _nonfinite(t, torch)]
+
+
+def state_tensors(obj: Any, torch: Any) -> Tuple[List[Tuple[str, Any]], int]:
+    """(tensors of model and optimizer state, count of bookkeeping tensors left out)."""
+    out: List[Tuple[str, Any]] = []
+    if isinstance(obj, dict):
+        skipped: List[Tuple[str, Any]] = []
+        for k, v in obj.items():
+            walk_tensors(v, torch, str(k), skipped if k in BOOKKEEPING_KEYS else out)
+        return out, len(skipped)
+    walk_tensors(obj, torch, "", out)
+    return out, 0
+
+
+def nonfinite_report(tensors: List[Tuple[str, Any]], torch: Any, sentinels: bool = True) -> List[str]:
+    """"key.path (NaN)" for each bad tensor. With ``sentinels``, a 0-d tensor holding ±inf is a sentinel
+    (a best-score start value), not a defect; NaN always counts."""
     bad = []
     for name, t in tensors:
-        if not (t.is_floating_point() or t.is_complex()):
-            continue
-        try:
-            if not bool(torch.isfinite(t).all()):
-                bad.append(name)
-        except (RuntimeError, TypeError):
-            continue  # quantized or exotic storage: loading it was the check we can do
+        what = _nonfinite(t, torch)
+        if what and not (sentinels and what == "inf" and t.dim() == 0):
+            bad.append(f"{name or '<tensor>'} ({what})")
     return bad
+
+
+def _nonfinite_result(bad: List[str], count: int) -> Dict[str, Any]:
+    return result("nonfinite", f"{len(bad)} tensor(s) hold NaN or inf: {', '.join(bad[:5])}", count)
 
 
 def _zip_damage(path: str) -> Optional[str]:
@@ -81,18 +125,62 @@ def _pickle_reason(e: BaseException) -> str:
     return str(e).splitlines()[0].strip() if str(e) else type(e).__name__
 
 
+def numpy_safe_globals() -> List[Any]:
+    """numpy's array and dtype rebuilders: they only allocate arrays and set dtypes, never call user code.
+
+    (An object array's items are still unpickled by torch's weights-only loader.) [] without numpy.
+    """
+    try:
+        import numpy
+    except ImportError:
+        return []
+    out: List[Any] = [numpy.ndarray, numpy.dtype]
+    for name in ("numpy._core.multiarray", "numpy.core.multiarray"):  # numpy 2 renamed core to _core
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out.append(importlib.import_module(name)._reconstruct)
+            break
+        except (ImportError, AttributeError):
+            continue
+    dtypes = getattr(numpy, "dtypes", None)  # numpy >= 1.25: one class per dtype, each must be allowed to BUILD
+    if dtypes is not None:
+        out += [v for v in vars(dtypes).values() if isinstance(v, type) and issubclass(v, numpy.dtype)]
+    return out
+
+
+def _weights_only_load(path: str, torch: Any, is_zip: bool, allow: List[Any]) -> Any:
+    kwargs: Dict[str, Any] = {"map_location": "cpu", "weights_only": True}
+    if is_zip:
+        kwargs["mmap"] = True
+    ctx = getattr(torch.serialization, "safe_globals", None) if allow else None
+    try:
+        if ctx is not None:
+            with ctx(allow):
+                return torch.load(path, **kwargs)
+        return torch.load(path, **kwargs)
+    except TypeError:  # torch < 2.1: no mmap argument
+        kwargs.pop("mmap", None)
+        return torch.load(path, **kwargs)
+
+
 def verify_torch_file(path: str, torch: Any) -> Dict[str, Any]:
-    """Weights-only load (memory-mapped when the format allows it), CRCs, and finiteness."""
+    """Weights-only load (memory-mapped when the format allows it), CRCs, and finiteness of the state."""
     is_zip = zipfile.is_zipfile(path)
     if is_zip:
         damage = _zip_damage(path)
         if damage:
             return result("corrupt", damage)
+    how = "weights_only"
     try:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
-        except TypeError:  # torch < 2.1: no mmap argument
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = _weights_only_load(path, torch, is_zip, [])
+        except pickle.UnpicklingError as e:
+            allow = numpy_safe_globals() if "numpy" in str(e) else []
+            if not allow:
+                raise
+            obj = _weights_only_load(path, torch, is_zip, allow)
+            how = "weights_only with the numpy allowlist"
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "Weights only load failed" in msg and (is_zip or "GLOBAL" in msg or "Unsupported" in msg):
@@ -100,16 +188,67 @@ def verify_torch_file(path: str, torch: Any) -> Dict[str, Any]:
         return result("corrupt", _pickle_reason(e))
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, IndexError) as e:
         return result("corrupt", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    tensors: List[Tuple[str, Any]] = []
-    walk_tensors(obj, torch, "", tensors)
-    bad = nonfinite_names(tensors, torch)
+    tensors, skipped = state_tensors(obj, torch)
+    bad = nonfinite_report(tensors, torch)
     if bad:
-        return result("nonfinite", f"{len(bad)} tensor(s) hold NaN or inf: {', '.join(bad[:5])}", len(tensors))
-    return result("verified", "loads with weights_only=True; all floating tensors finite", len(tensors))
+        return _nonfinite_result(bad, len(tensors) + skipped)
+    left = f" ({skipped} bookkeeping tensor(s) of {', '.join(BOOKKEEPING_KEYS)} not checked)" if skipped else ""
+    return result("verified", f"loads with {how}; model and optimizer tensors finite{left}",
+                  len(tensors) + skipped, how=how)
+
+
+def pickle_globals(data: bytes) -> List[str]:
+    """The globals a pickle stream names, read opcode by opcode without running it; ValueError if malformed."""
+    names: List[str] = []
+    strings: List[str] = []
+    seen_stop = False
+    for op, arg, _pos in pickletools.genops(data):
+        if op.name in ("GLOBAL", "INST"):
+            names.append(str(arg).replace(" ", "."))
+        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+            names.append(f"{strings[-2]}.{strings[-1]}")
+        elif op.name in ("BINPERSID", "PERSID"):
+            raise ValueError("it holds tensor storage, so it is not metadata")
+        if isinstance(arg, str):
+            strings.append(arg)
+        seen_stop = op.name == "STOP"
+    if not seen_stop:
+        raise ValueError("pickle stream does not end with STOP")
+    return list(dict.fromkeys(names))  # in order of appearance: the outermost object's class first
+
+
+def verify_metadata(path: str) -> Optional[Dict[str, Any]]:
+    """Structure check of a pickled metadata file, never unpickled; None when it is not plain metadata."""
+    try:
+        if zipfile.is_zipfile(path):
+            damage = _zip_damage(path)
+            if damage:
+                return result("corrupt", damage)
+            with zipfile.ZipFile(path) as z:
+                pkl = [i for i in z.infolist() if i.filename.endswith("/data.pkl") or i.filename == "data.pkl"]
+                if len(pkl) != 1 or pkl[0].file_size > METADATA_MAX_BYTES:
+                    return None
+                if any("/data/" in i.filename for i in z.infolist()):
+                    return None  # tensor storages: a real state file under a metadata name
+                data = z.read(pkl[0])
+        else:
+            if os.path.getsize(path) > METADATA_MAX_BYTES:
+                return None
+            with open(path, "rb") as f:
+                data = f.read()
+        names = pickle_globals(data)
+    except ValueError as e:
+        return None if "tensor storage" in str(e) else result("corrupt", f"not a valid pickle stream: {e}")
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        return result("corrupt", f"unreadable: {e}")
+    base = os.path.basename(path)
+    shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+    return result("verified", f"{base}: metadata, hash only (a pickle naming {shown or 'no globals'}; "
+                  "structure checked opcode by opcode, never unpickled)", 0, hash_only=[base], how="hash only")
 
 
 def verify_safetensors(path: str, torch: Any) -> Dict[str, Any]:
-    """Parse the header ourselves, check every byte range, and check floats for NaN/inf."""
+    """Parse the header ourselves (safetensors holds no pickle), check every byte range, floats finite."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
@@ -147,8 +286,7 @@ def verify_safetensors(path: str, torch: Any) -> Dict[str, Any]:
                 tdtype = getattr(torch, dtype, None) if dtype else None
                 if tdtype is not None and numel and mm is not None:
                     t = torch.frombuffer(mm, dtype=tdtype, count=numel, offset=8 + n + begin)
-                    if nonfinite_names([(name, t)], torch):
-                        bad.append(name)
+                    bad += nonfinite_report([(name, t)], torch, sentinels=False)  # weights only: no sentinels
                     del t
         finally:
             if mm is not None:
@@ -156,12 +294,13 @@ def verify_safetensors(path: str, torch: Any) -> Dict[str, Any]:
     if end_max != data_len:
         return result("corrupt", f"data section is {data_len} bytes, tensors cover {end_max}")
     if bad:
-        return result("nonfinite", f"{len(bad)} tensor(s) hold NaN or inf: {', '.join(bad[:5])}", count)
-    return result("verified", "safetensors header and byte ranges consistent; floats finite", count)
+        return _nonfinite_result(bad, count)
+    return result("verified", "safetensors header and byte ranges consistent; floats finite", count,
+                  how="safetensors header")
 
 
 def verify_path(path: str) -> Dict[str, Any]:
-    """Verify one checkpoint file or checkpoint directory."""
+    """Verify one checkpoint file or checkpoint directory (e.g. an HF ``checkpoint-N/``)."""
     if not os.path.lexists(path):
         return result("corrupt", "no such file")
     try:
@@ -169,8 +308,8 @@ def verify_path(path: str) -> Dict[str, Any]:
     except ImportError as e:
         return result("unverifiable", f"torch is not importable under {sys.executable}: {e}")
     if not os.path.isdir(path):
-        return _verify_file(path, torch)
-    kinds, total, details = [], 0, []
+        return verify_file(path, torch)
+    kinds, total, details, hash_only, hows = [], 0, [], [], {}  # type: ignore[var-annotated]
     for root, dirs, files in os.walk(path):
         dirs.sort()
         for name in sorted(files):
@@ -186,21 +325,37 @@ def verify_path(path: str) -> Dict[str, Any]:
                 continue
             if not name.endswith(TORCH_SUFFIXES + (".safetensors",)):
                 continue
-            r = _verify_file(full, torch)
+            r = verify_file(full, torch)
             kinds.append(r["kind"])
             total += r["tensors"] or 0
             if r["kind"] != "verified":
                 details.append(f"{rel}: {r['detail']}")
+            elif r["hash_only"]:
+                hash_only.append(rel)
+            else:
+                hows.setdefault(r["how"] or "loaded", []).append(rel)
     if not kinds:
         return result("corrupt", "no weight files inside the checkpoint directory")
     worst = min(kinds, key=SEVERITY.index)
-    return result(worst, "; ".join(details) or f"{len(kinds)} files verified", total)
+    if worst != "verified":
+        return result(worst, "; ".join(details), total)
+    parts = [f"{', '.join(rels)}: {how}" for how, rels in sorted(hows.items())]
+    if hash_only:
+        parts.append(f"metadata, hash only (never unpickled): {', '.join(hash_only)}")
+    return result("verified", f"{len(kinds)} files verified; " + "; ".join(parts), total, hash_only=hash_only,
+                  how="directory")
 
 
-def _verify_file(path: str, torch: Any) -> Dict[str, Any]:
+def verify_file(path: str, torch: Any) -> Dict[str, Any]:
+    """Verify one file: safetensors by its header, a named metadata pickle by structure, else weights-only."""
     try:
         if path.endswith(".safetensors"):
             return verify_safetensors(path, torch)
+        if os.path.basename(path) in METADATA_FILES:
+            meta = verify_metadata(path)
+            if meta is not None:
+                return meta
         return verify_torch_file(path, torch)
     except OSError as e:
         return result("corrupt", f"unreadable: {e}")
+

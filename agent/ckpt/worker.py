@@ -146,6 +146,8 @@ def process(job: Job, durable_dir: Optional[str], prefix: List[str], allow_pickl
         "save_cost_s": side.get("save_cost_s") if isinstance(side.get("save_cost_s"), (int, float)) else None,
         "sidecar": None if not side else f".{os.path.basename(job.path)}.rgt.json",
         "state": state, "detail": str(verdict.get("detail") or ""), "tensors": verdict.get("tensors"),
+        # "partial": files covered by hash and a structure check only, e.g. an HF training_args.bin
+        "coverage": verdict.get("coverage"), "hash_only": [str(x) for x in verdict.get("hash_only") or []],
         "arrived": job.arrived, "verified_at": time.time(),
         "durable": durable, "durable_error": durable_error,
         "pruned": False, "quarantined": None, "missing": False,
