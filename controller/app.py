@@ -72,8 +72,10 @@ class App:
     # -- output -----------------------------------------------------------------------------------
     @staticmethod
     def info(message: str) -> None:
-        """A message for a person: stderr, so --json stdout stays data."""
-        click.echo(message, err=True)
+        """A message for a person: stderr, so --json stdout stays data; box words in it are cleaned."""
+        from .boundary import clean
+
+        click.echo(clean(message), err=True)
 
     @staticmethod
     def data(obj: Any) -> None:

@@ -87,6 +87,8 @@ def main(argv: Optional[list] = None) -> None:
             if os.environ.get("RGT_DEBUG"):
                 raise
             code, line = 1, f"internal error: {type(e).__name__}: {e} (set RGT_DEBUG=1 for the traceback)"
-        click.echo(f"rgt: {line}", err=True)
+        from .boundary import clean  # messages quote the box's words: no control sequence reaches the terminal
+
+        click.echo(f"rgt: {clean(line)}", err=True)
         sys.exit(code)
     sys.exit(0)

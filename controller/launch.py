@@ -56,16 +56,11 @@ def collect_secrets(names: List[str], env: Optional[Dict[str, str]] = None) -> D
 
 
 def ensure_pyz(transport: Transport, root: str) -> str:
-    """Build the agent archive locally and copy it only when the box lacks that hash; returns its box path."""
-    local_path, sha12 = pyz.build(str(state_dir() / "pyz"))
-    remote = f"{root}/agent/{sha12}.pyz"
-    if not transport.exists(remote):
-        transport.run(["mkdir", "-p", f"{root}/agent"])
-        res = transport.rsync(["-t", local_path, transport.rsync_target(remote)])
-        if res.returncode != 0:
-            why = res.stderr.decode(errors="replace").strip()[:300]
-            raise RgtError(f"copying the agent to {transport.name} failed: {why}")
-    return remote
+    """The agent archive's box path, hashed there against its name and replaced atomically when it differs.
+
+    One round trip; a missing, truncated or replaced archive (an interrupted upload, a full disk) is sent again.
+    """
+    return pyz.ensure(transport, root)
 
 
 def sync_code(transport: Transport, code_dir: str, run_dir: str) -> None:
@@ -146,6 +141,9 @@ def up(registry: Registry, transport: Transport, req: UpRequest) -> RunRecord:
         raise RgtError(f"cannot create {run_dir} on {transport.name}: {res.err.decode(errors='replace').strip()[:300]}")
     transport.run(["chmod", "700", run_dir])
     sync_code(transport, req.code_dir, run_dir)
+    from .scriptcheck import check as check_script
+
+    check_script(transport, f"{run_dir}/code", spec.command)  # refused (exit 2) before anything starts
     archive = ensure_pyz(transport, root)
     if req.secret_values:
         transport.write_file(f"{run_dir}/secrets.env", format_secrets(req.secret_values).encode(), "600")

@@ -1,4 +1,9 @@
-"""Reading a run's status from the laptop: one round trip, staleness by the box's clock, unreachable views."""
+"""Reading a run's status from the laptop: one round trip, staleness by the box's clock, unreachable views.
+
+What the box sent passes controller.boundary first: capped in bytes, typed against the schema, for this
+run id. ``Observation.raw`` is that validated data (for --json and the registry); ``status`` is the same
+with every string cleaned for a terminal.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,9 @@ import time
 from typing import Any, Dict, NamedTuple, Optional
 
 from rgt.shared.errors import TransportError
-from rgt.shared.status import Status, parse_status
+from rgt.shared.status import Status
 
+from . import boundary
 from .registry import Registry, RunRecord
 from .transport.base import Transport
 
@@ -25,19 +31,22 @@ class Observation(NamedTuple):
 def poll(transport: Transport, rec: RunRecord) -> Observation:
     """Read status.json and `date` in one round trip; never raises for an unreachable box."""
     try:
-        raw, box_now = transport.read_with_clock(f"{rec.run_dir}/status.json")
+        raw, box_now = transport.read_with_clock(f"{rec.run_dir}/status.json",
+                                                 max_bytes=boundary.MAX_STATUS_BYTES + 1)
     except TransportError as e:
-        last = rec.last_status or {}
+        last = boundary.stored_status(rec.last_status) or {}
         return Observation(None, last or None, None, "unreachable", str(e))
     if raw is None:
         return Observation(None, None, None, "no-status")
-    status = parse_status(raw, f"{rec.host}:{rec.run_dir}/status.json")
+    checked = boundary.status_from_box(raw, rec.run_id, f"{rec.host}:{rec.run_dir}/status.json")
+    data = checked.to_dict()
+    status = Status.from_dict(boundary.shown(data))
     age = max(0.0, box_now - (status.updated_at or 0.0))  # the clock is read just before the file
     view = status.state
     terminal = status.state in ("succeeded", "failed", "stopped")
     if not terminal and age > 3 * status.tick_s:
         view = "stale"
-    return Observation(status, status.to_dict(), age, view)
+    return Observation(status, data, age, view)
 
 
 def remember(registry: Registry, rec: RunRecord, obs: Observation) -> None:

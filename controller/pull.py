@@ -5,12 +5,15 @@ invalidate any older PULL_VERIFIED.json, rsync the live entries (--partial-dir k
 transfer brought, --no-whole-file makes the next run send only the rest, also between two local paths),
 then verify. `--follow` repeats rounds until the run ends, so the laptop always holds the newest good
 checkpoint; its middle rounds re-hash only files whose stat fingerprint moved, the last one everything.
+Everything the box says (manifest, notes, refusals) passes controller.boundary and shared.manifest's
+checks first; the agent archive runs behind its hash guard (controller.pyz).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,9 +21,10 @@ from typing import Callable, NamedTuple, Optional
 
 from rgt.shared.atomic import atomic_write
 from rgt.shared.errors import RgtError, TransportError
-from rgt.shared.manifest import Manifest, ManifestError
+from rgt.shared.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError
 
-from . import verify
+from . import pyz, verify
+from .boundary import box_line
 from .registry import Registry, RunRecord
 from .rsyncrun import Progress, human, last_line, run_rsync
 from .transport.base import Transport
@@ -44,7 +48,6 @@ class PullOptions:
 
     dest: Optional[str] = None
     follow: bool = False
-    allow_pickle: bool = False
     jobs: Optional[int] = None
     bwlimit_kbps: Optional[int] = field(default_factory=lambda: int(_env_num("RGT_RSYNC_BWLIMIT", 0)) or None)
     io_timeout_s: int = field(default_factory=lambda: int(_env_num("RGT_RSYNC_TIMEOUT_S", 120)))
@@ -73,27 +76,29 @@ def default_dest(run_id: str) -> str:
 
 
 def agent_argv(transport: Transport, rec: RunRecord) -> list[str]:
-    """[python, -I, archive] for the agent archive on the box (copied there when that hash is absent)."""
-    from .launch import ensure_pyz
-
+    """Argv that runs the agent archive on the box behind its hash guard (sent there when refused)."""
     python = rec.python or transport.find_python(["python3", "python"])[0]
-    return [python, "-I", ensure_pyz(transport, rec.root)]
+    _local, sha = pyz.local()
+    return pyz.guarded_argv(python, pyz.remote_path(rec.root, sha), sha)
 
 
 def box_manifest(transport: Transport, rec: RunRecord, argv: list[str], timeout_s: float = 3600.0) -> BoxManifest:
     """Build the manifest on the box and read it back; the hash it printed must match the bytes read."""
     for _ in range(3):
         res = transport.run([*argv, "manifest", rec.run_dir], timeout_s=timeout_s)
-        err = res.err.decode(errors="replace").strip().splitlines()
-        notes = [x[6:] for x in err if x.startswith("note: ")]
+        if pyz.mismatched(res.rc, res.err):  # missing, truncated or replaced: send it again, then build
+            pyz.upload(transport, rec.root)
+            res = transport.run([*argv, "manifest", rec.run_dir], timeout_s=timeout_s)
+        err = res.err[-65536:].decode(errors="replace").strip().splitlines()
+        notes = [box_line(x[6:]) for x in err if x.startswith("note: ")][:20]
         if res.rc != 0:
             why = next((x for x in reversed(err) if not x.startswith("note: ")), f"exit {res.rc}")
-            why = why.removeprefix("rgt agent: ")
+            why = box_line(why.removeprefix("rgt agent: "))
             if res.rc == 2:  # the roster itself is refused (empty, unsafe): that does not fix itself
                 raise BoxRefused(f"the box refused to build the manifest of {rec.run_id}: {why}")
             raise RgtError(f"the box could not build the manifest of {rec.run_id} this time: {why}")
-        words = res.out.decode(errors="replace").split()
-        raw = transport.read_file(f"{rec.run_dir}/manifest.json")
+        words = res.out[:4096].decode(errors="replace").split()
+        raw = transport.read_file(f"{rec.run_dir}/manifest.json", max_bytes=MAX_MANIFEST_BYTES + 1)
         if raw is None or len(words) < 3:
             raise RgtError(f"the box built no readable manifest for {rec.run_id}: {res.out[:200]!r}")
         try:
@@ -101,7 +106,7 @@ def box_manifest(transport: Transport, rec: RunRecord, argv: list[str], timeout_
         except ManifestError as e:
             raise BoxRefused(f"the box's manifest is not usable: {e}") from None
         if m.run_id != rec.run_id:
-            raise BoxRefused(f"the box's manifest is for run {m.run_id!r}, not {rec.run_id!r}")
+            raise BoxRefused(f"the box's manifest is for run {box_line(repr(m.run_id), 80)}, not {rec.run_id!r}")
         if m.sha256 == words[0]:
             return BoxManifest(m, raw, words[2] == "final", notes)
     raise RgtError("the box's manifest kept changing while it was read (two builds at once?): try again")
@@ -109,10 +114,15 @@ def box_manifest(transport: Transport, rec: RunRecord, argv: list[str], timeout_
 
 def rsync_argv(transport: Transport, run_dir: str, dest: str, list_file: str, opts: PullOptions,
                force: bool = False) -> list[str]:
-    """The pull's rsync command line (data only in argv: paths come through --files-from)."""
+    """The pull's rsync command line (data only in argv: paths come through --files-from).
+
+    No -l or -a: a symlink or device the box offers is skipped, never made here. The excludes keep the
+    names rgt writes into the pull folder out of rsync's reach even if a sender ignored the list.
+    """
     argv = ["rsync", *transport.rsync_args(), "-t", "--no-whole-file", f"--partial-dir={verify.PARTIAL_DIR}",
             f"--timeout={opts.io_timeout_s}", "--from0", f"--files-from={list_file}", "--info=progress2",
-            "--stats", "--no-human-readable"]
+            "--stats", "--no-human-readable", f"--exclude=/{verify.VERIFIED_NAME}",
+            f"--exclude=/{verify.MANIFEST_NAME}"]
     if opts.bwlimit_kbps:
         argv.append(f"--bwlimit={opts.bwlimit_kbps}")
     if force:
@@ -181,24 +191,18 @@ def pull_round(transport: Transport, rec: RunRecord, dest: str, opts: PullOption
          + ("" if bm.final else " (the run is still going: checkpoints only)"))
     data, interrupted, send, force = 0, False, live, False
     for attempt in range(1, opts.attempts + 1):
-        with tempfile.NamedTemporaryFile(prefix="rgt-files-from-") as lf:
-            lf.write(b"".join(e.path.encode() + b"\0" for e in send))
-            lf.flush()
-            progress = Progress(f"pull {rec.run_id}", sum(e.size_bytes for e in send),
-                                already_bytes=0 if force else _present_bytes(dest, send))
-            run = run_rsync(rsync_argv(transport, rec.run_dir, dest, lf.name, opts, force), progress)
-            progress.done(run.rc == 0)
+        run = transfer(transport, rec, dest, send, opts, force)
         data += run.data_bytes or 0
         if run.rc == 0:
             clean_strays(dest, m)
-            rep = verify.verify_tree(dest, m, opts.allow_pickle, opts.jobs, None if interrupted else trusted)
+            rep = verify.verify_tree(dest, m, opts.jobs, None if interrupted else trusted)
             if rep.resend and not force and attempt < opts.attempts:
                 echo(f"{len(rep.resend)} file(s) differ from the box after the transfer: sending them again")
                 by_path = {e.path: e for e in m.live()}
                 send, force, interrupted = [by_path[p] for p in rep.resend if p in by_path], True, True
                 continue
             if rep.ok:
-                verify.write_verified(dest, rep, opts.allow_pickle)
+                verify.write_verified(dest, rep)
             return RoundResult(rep, bm.final, interrupted, data, len([e for e in live if e.kind == "checkpoint"]))
         interrupted = True
         if run.rc in NO_RETRY or run.rc < 0 or attempt >= opts.attempts:
@@ -212,11 +216,41 @@ def pull_round(transport: Transport, rec: RunRecord, dest: str, opts: PullOption
             m, live = bm.manifest, bm.manifest.live()
             send = live
             atomic_write(os.path.join(dest, verify.MANIFEST_NAME), bm.raw, 0o644)
-    msg = (f"the transfer of {rec.run_id} stopped (rsync exit {run.rc}: {last_line(run.err)}); what arrived is kept "
-           f"in {verify.PARTIAL_DIR}/: run `rgt pull {rec.run_id}` again to resume")
+    if disk_full(run, dest):
+        raise RgtError(f"no space left on this machine's disk ({dest}): free some space, then run "
+                       f"`rgt pull {rec.run_id}` again; what arrived is kept in {verify.PARTIAL_DIR}/")
+    msg = (f"the transfer of {rec.run_id} stopped (rsync exit {run.rc}: {box_line(last_line(run.err))}); what "
+           f"arrived is kept in {verify.PARTIAL_DIR}/: run `rgt pull {rec.run_id}` again to resume")
     if run.rc in LINK_DOWN:
         raise TransportError(msg)
     raise RgtError(msg)
+
+
+def transfer(transport: Transport, rec: RunRecord, dest: str, send: list, opts: PullOptions, force: bool):
+    """One rsync of ``send`` (manifest entries) from the run dir into ``dest``, with progress; its RsyncRun."""
+    with tempfile.NamedTemporaryFile(prefix="rgt-files-from-") as lf:
+        lf.write(b"".join(e.path.encode() + b"\0" for e in send))
+        lf.flush()
+        progress = Progress(f"pull {rec.run_id}", sum(e.size_bytes for e in send),
+                            already_bytes=0 if force else _present_bytes(dest, send))
+        run = run_rsync(rsync_argv(transport, rec.run_dir, dest, lf.name, opts, force), progress)
+        progress.done(run.rc == 0)
+    return run
+
+
+def disk_full(run, dest: str) -> bool:
+    """True when rsync stopped because this machine's disk under ``dest`` is full.
+
+    rsync's own words say so, or it exited 11 (file I/O) on a disk with almost nothing left.
+    """
+    if "No space left on device" in run.err or "Disk quota exceeded" in run.err:
+        return True
+    if run.rc != 11:
+        return False
+    try:
+        return shutil.disk_usage(dest).free < (1 << 20)
+    except OSError:
+        return False
 
 
 def remember_dest(registry: Registry, rec: RunRecord, dest: str) -> None:
@@ -229,9 +263,21 @@ def remember_dest(registry: Registry, rec: RunRecord, dest: str) -> None:
             pass  # a full laptop disk must not undo a verified pull
 
 
+def checked_line(rep: verify.Report) -> str:
+    """How the checkpoints were checked, exactly.
+
+    E.g. "3 loaded with weights_only; 2 checked by hash and zip structure only (...)".
+    """
+    words = {"weights_only": "loaded with weights_only", "safetensors": "safetensors parsed (header and ranges)",
+             "structure": "checked by hash and zip structure only (full unpickling needed, never done here)",
+             "hash": "checked by hash only (not loadable without unpickling, never done here)"}
+    parts = [f"{len(rep.how[k])} {words[k]}" for k in words if rep.how.get(k)]
+    return "; ".join(parts) if parts else "no checkpoint files"
+
+
 def describe(rep: verify.Report, dest: str) -> str:
     """The one line a verified pull ends with."""
-    return (f"verified: {rep.files} files, {human(rep.bytes)}, {rep.checkpoints} checkpoint(s) safe-loaded; "
+    return (f"verified: {rep.files} files hash-checked, {human(rep.bytes)}; {checked_line(rep)}; "
             f"wrote {os.path.join(dest, verify.VERIFIED_NAME)} "
             f"(run {rep.run_id}, manifest {str(rep.manifest_sha256)[:12]})")
 

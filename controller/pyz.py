@@ -83,6 +83,109 @@ def build(out_dir: str) -> tuple[str, str]:
     return path, sha12
 
 
+# Run on the box in front of the archive, in the same round trip: hash the file against the sha256 its
+# name promises, and run it only when they match; exit 97 (and a mark on stderr) says "send it again".
+GUARD = (
+    "import hashlib,runpy,sys\n"
+    "p,w=sys.argv[1],sys.argv[2]\n"
+    "h=hashlib.sha256()\n"
+    "try:\n"
+    " with open(p,'rb') as f:\n"
+    "  for b in iter(lambda:f.read(1<<20),b''):h.update(b)\n"
+    "except OSError:pass\n"
+    "if h.hexdigest()!=w:sys.stderr.write('@@rgt-archive-mismatch '+p+'\\n');sys.exit(97)\n"
+    "sys.argv=[p]+sys.argv[3:]\n"
+    "runpy.run_path(p,run_name='__main__')\n"
+)
+MISMATCH_RC = 97
+MISMATCH_MARK = b"@@rgt-archive-mismatch "
+
+
+_BUILT: dict = {}
+
+
+def local() -> tuple[str, str]:
+    """(local path, full sha256) of this rgt's agent archive, built once per process and state dir."""
+    out_dir = str(_state_dir() / "pyz")
+    hit = _BUILT.get(out_dir)
+    if hit is None or not os.path.exists(hit[0]):
+        path, _sha12 = build(out_dir)
+        with open(path, "rb") as f:
+            hit = _BUILT[out_dir] = (path, hashlib.sha256(f.read()).hexdigest())
+    return hit
+
+
+def _state_dir() -> Path:
+    from .state import state_dir
+
+    return state_dir()
+
+
+def remote_path(root: str, sha256: str) -> str:
+    """Where the archive lives on the box: named after its hash."""
+    return f"{root}/agent/{sha256[:12]}.pyz"
+
+
+def guarded_argv(python: str, remote: str, sha256: str) -> list[str]:
+    """Argv that runs the box's archive only if its bytes hash to ``sha256`` (else exit 97, nothing run)."""
+    return [python, "-I", "-c", GUARD, remote, sha256]
+
+
+def mismatched(rc: int, err: bytes) -> bool:
+    """True when a guarded run refused the box's archive."""
+    return rc == MISMATCH_RC and MISMATCH_MARK in err
+
+
+def upload(transport, root: str) -> str:
+    """Copy the archive to the box under a temp name, then rename it over the old one (atomic); its box path."""
+    import secrets
+
+    path, sha = local()
+    remote = remote_path(root, sha)
+    tmp = f"{remote}.rgt-up-{secrets.token_hex(4)}"
+    transport.run(["mkdir", "-p", f"{root}/agent"])
+    res = transport.rsync(["-t", "--whole-file", path, transport.rsync_target(tmp)])
+    if res.returncode != 0:
+        transport.run(["rm", "-f", "--", tmp])
+        from .boundary import box_line
+
+        raise RgtError(f"copying the agent to {transport.name} failed: {box_line(res.stderr, 300)}")
+    moved = transport.run(["mv", "-f", "--", tmp, remote])
+    if moved.rc != 0:
+        transport.run(["rm", "-f", "--", tmp])
+        raise RgtError(f"placing the agent archive on {transport.name} failed (disk full?): {remote}")
+    return remote
+
+
+def run_guarded(transport, root: str, python: str, args: list, timeout_s=300.0):
+    """Run the box's archive with ``args`` behind the hash guard; a refused archive is sent again, once."""
+    _path, sha = local()
+    argv = [*guarded_argv(python, remote_path(root, sha), sha), *args]
+    res = transport.run(argv, timeout_s=timeout_s)
+    if mismatched(res.rc, res.err):
+        upload(transport, root)
+        res = transport.run(argv, timeout_s=timeout_s)
+    return res
+
+
+# The check alone, for callers that run the archive later themselves: one round trip, hash by the box's python.
+CHECK = ('for p in "$1" python3 python; do if [ -n "$p" ] && command -v "$p" >/dev/null 2>&1; then '
+         'exec "$p" -I -c "$2" "$3" "$4"; fi; done; exit 3')
+
+
+def ensure(transport, root: str, python: str = "") -> str:
+    """The archive's box path after hashing the box's copy (one round trip); replaced atomically if it differs."""
+    _path, sha = local()
+    remote = remote_path(root, sha)
+    res = transport.sh(CHECK, python or "", GUARD_CHECK, remote, sha)
+    if res.rc != 0:
+        upload(transport, root)
+    return remote
+
+
+GUARD_CHECK = GUARD.replace("sys.argv=[p]+sys.argv[3:]\nrunpy.run_path(p,run_name='__main__')\n", "")
+
+
 def vendor(force: bool = False) -> Path:
     """Fetch the pinned wheels with pip and keep only their pure-Python parts in agent/_vendor."""
     dest = vendor_dir()

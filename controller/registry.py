@@ -14,6 +14,8 @@ from rgt.shared.paths import validate_run_id
 
 from .state import state_dir
 
+MAX_RECORD_BYTES = 16 << 20
+
 
 @dataclass
 class RunRecord:
@@ -56,13 +58,23 @@ class Registry:
         """The record of ``run_id``; BadInput when unknown."""
         path = self._path(run_id)
         try:
+            if path.stat().st_size > MAX_RECORD_BYTES:
+                raise RgtError(f"the registry entry {path} is over {MAX_RECORD_BYTES >> 20} MiB (a status a box sent "
+                               "before rgt capped it?): remove it and `rgt attach` again")
             d = json.loads(path.read_text())
         except FileNotFoundError:
             raise BadInput(f"unknown run {run_id!r}: see `rgt runs`, or `rgt attach HOST {run_id}`") from None
-        except ValueError:
+        except (ValueError, RecursionError):
             raise RgtError(f"the registry entry {path} is corrupt; remove it and `rgt attach` again") from None
+        if not isinstance(d, dict):
+            raise RgtError(f"the registry entry {path} is corrupt; remove it and `rgt attach` again")
         names = set(RunRecord.__dataclass_fields__)
-        return RunRecord(**{k: v for k, v in d.items() if k in names})
+        rec = RunRecord(**{k: v for k, v in d.items() if k in names})
+        from .boundary import stored_status  # a status saved before it was checked is dropped, never trusted
+
+        rec.last_status = stored_status(rec.last_status)
+        rec.extra = rec.extra if isinstance(rec.extra, dict) else {}
+        return rec
 
     def all(self) -> List[RunRecord]:
         """Every record, newest first; corrupt files are skipped."""

@@ -1,9 +1,17 @@
-"""Running rsync for a pull on the laptop: progress (bytes, rate, ETA) from --info=progress2, and --stats."""
+"""Running rsync for a pull on the laptop: progress (bytes, rate, ETA) from --info=progress2, and --stats.
+
+rsync never outlives rgt: it runs in its own process group, which is killed when the call ends by any
+path (an exception, Ctrl-C, SIGTERM or SIGHUP turned into one), and on Linux it also gets SIGKILL from the
+kernel the moment rgt itself dies (PR_SET_PDEATHSIG), even by kill -9. Its ssh and local helper children
+then lose their pipes and exit.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -70,12 +78,59 @@ class Progress:
             self.stream.flush()
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _prctl():
+    """The prctl of libc, looked up in the parent (a dlopen between fork and exec could deadlock); None off Linux."""
+    import sys as _sys
+
+    if not _sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _die_with_parent_fn():
+    prctl = _prctl()
+    if prctl is None:
+        return None
+
+    def child() -> None:  # runs between fork and exec: one system call, nothing else
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+    return child
+
+
+def _raise_interrupt(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def run_rsync(argv: list[str], progress: Optional[Progress]) -> RsyncRun:
     """Run rsync, feeding its progress2 lines to ``progress``; never leaves it running behind us."""
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
     with tempfile.TemporaryFile() as errf:
+        old = {}
+        if main:  # SIGTERM/SIGHUP end rgt through the finally below, which kills rsync's group first
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                old[sig] = signal.signal(sig, _raise_interrupt)
         try:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errf, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errf, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, preexec_fn=_die_with_parent_fn())
         except FileNotFoundError:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
             raise RgtError("rsync is not installed on this machine: install it (apt-get install rsync)") from None
         out, buf = b"", b""
         try:
@@ -94,8 +149,15 @@ def run_rsync(argv: list[str], progress: Optional[Progress]) -> RsyncRun:
         finally:
             if proc.poll() is None:
                 proc.terminate()
-                proc.wait(30)
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+            _kill_group(proc)  # rsync's own children (ssh, a local receiver) too
+            proc.wait()
             proc.stdout.close()
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
         errf.seek(0)
         err = errf.read().decode(errors="replace").strip()
     stats = {k.decode(): int(v.replace(b",", b"")) for k, v in STAT_RE.findall(out)}

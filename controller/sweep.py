@@ -284,7 +284,7 @@ class Pulled(NamedTuple):
 
 def newest_pulled(rec: RunRecord) -> Optional[Pulled]:
     """The newest pulled checkpoint of ``rec`` that still safe-loads here, or None."""
-    from .ckptload import load_problem
+    from .ckptload import check as check_ckpt
     from .pull import default_dest
     from .verify import read_manifest
 
@@ -301,7 +301,8 @@ def newest_pulled(rec: RunRecord) -> Optional[Pulled]:
         return int(m.group(1)) if m else -1
 
     for rel in sorted(ckpts, key=step, reverse=True):
-        if load_problem(os.path.join(dest, rel), allow_pickle=False) is None:
+        c = check_ckpt(os.path.join(dest, rel))
+        if c.problem is None and c.how in ("weights_only", "safetensors"):  # a resume needs loadable weights
             sidecar = f"{os.path.dirname(rel)}/.{os.path.basename(rel)}.rgt.json".lstrip("/")
             return Pulled(dest, [rel] + ([sidecar] if sidecar in paths else []), rel, step(rel) if step(rel) >= 0
                           else None)

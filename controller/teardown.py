@@ -137,8 +137,10 @@ def down(registry: Registry, transport: Transport, rec: RunRecord, req: DownRequ
     r = passed.record
     echo(f"verified pull of {rec.run_id} in {dest}: {r.get('files')} files, {pull.human(int(r.get('bytes') or 0))}, "
          f"manifest {passed.manifest_sha256[:12]} = the box's current one: safe to destroy")
-    if r.get("allow_pickle"):
-        echo("note: this pull accepted checkpoints that need full unpickling (--allow-pickle)")
+    checked = r.get("checked") if isinstance(r.get("checked"), dict) else {}
+    if checked.get("structure") or checked.get("hash"):
+        echo(f"note: {int(checked.get('structure') or 0) + int(checked.get('hash') or 0)} checkpoint file(s) of this "
+             "pull were checked by hash and structure only (loading them would need full unpickling)")
     for line in billing_lines(profile, why, rec.profile):
         echo(line)
     typed = req.confirm if req.confirm is not None else prompt(f"Type the run id ({rec.run_id}) to confirm")

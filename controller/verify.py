@@ -2,15 +2,21 @@
 
 Verified means: every live manifest entry is here with the box's size and sha256; a pruned entry is absent
 or the same; nothing else is here (apart from manifest.json, PULL_VERIFIED.json and rsync's partial dir);
-and every checkpoint loads with torch's weights-only loader, all floating tensors finite. Success writes
-PULL_VERIFIED.json, bound to the run id and the manifest hash, with a stat fingerprint of every file so
-that any later change to the tree is seen without reading it all again.
+and every checkpoint passes controller.ckptload (torch's weights-only loader, all floating tensors finite;
+a file that would need full unpickling is covered by its hash and zip structure only, and is counted as
+such: nothing is ever unpickled here). Success writes PULL_VERIFIED.json, bound to the run id and the
+manifest hash, with a stat fingerprint of every file so that any later change to the tree is seen without
+reading it all again. The record is sealed with an HMAC whose key lives only in this machine's rgt state
+dir (0600): a record the box planted in the pull folder never passes, and is removed when read.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
+import secrets
+import shutil
 import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,14 +25,17 @@ from typing import Any, Callable, Optional
 
 from rgt.shared.atomic import atomic_write_json, fsync_dir, read_json
 from rgt.shared.errors import GateRefused
-from rgt.shared.manifest import Entry, Manifest, ManifestError, sha256_file
+from rgt.shared.manifest import Entry, Manifest, ManifestError, canonical_json, sha256_file
 
-from .ckptload import load_problem
+from .ckptload import check as check_checkpoint
+from .state import state_dir
 
 MANIFEST_NAME = "manifest.json"
 VERIFIED_NAME = "PULL_VERIFIED.json"
 PARTIAL_DIR = ".rgt-partial"
-VERIFIED_SCHEMA = "rgt/pull-verified/v1"
+VERIFIED_SCHEMA = "rgt/pull-verified/v2"  # v2: sealed with the laptop's key; no allow_pickle
+KEY_NAME = "pull-key"
+MAX_RECORD_BYTES = 128 << 20
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 WEIGHT_SUFFIXES = TORCH_SUFFIXES + (".safetensors",)
 Fp = tuple  # (size, mtime_ns, ino, ctime_ns): ctime moves on any write or rename, and nobody can set it
@@ -43,6 +52,7 @@ class Report:
     bytes: int = 0
     hashed: int = 0
     checkpoints: int = 0
+    how: dict[str, list[str]] = field(default_factory=dict)  # ckptload's HOWS -> checkpoint paths checked so
     resend: list[str] = field(default_factory=list)  # live entries a new transfer could fix
     fingerprint: dict[str, Fp] = field(default_factory=dict)
 
@@ -130,7 +140,7 @@ def is_checkpoint(e: Entry) -> bool:
         (".pt", ".pth", ".ckpt", ".safetensors"))
 
 
-def verify_tree(dest: str, manifest: Optional[Manifest] = None, allow_pickle: bool = False,
+def verify_tree(dest: str, manifest: Optional[Manifest] = None,
                 jobs: Optional[int] = None, trusted: Optional[dict[str, tuple[Fp, str]]] = None,
                 progress: Optional[Callable[[int], None]] = None) -> Report:
     """Check ``dest`` against its manifest. ``trusted`` maps a path to (fingerprint, sha256) proven earlier."""
@@ -175,54 +185,94 @@ def verify_tree(dest: str, manifest: Optional[Manifest] = None, allow_pickle: bo
         elif is_checkpoint(by_path[rel]):
             loads.append(rel)
     for rel in loads:
-        problem = load_problem(os.path.join(dest, rel), allow_pickle)
+        c = check_checkpoint(os.path.join(dest, rel))
         rep.checkpoints += 1
-        if problem:
-            rep.problems.append(f"{rel}: {problem}")
+        rep.how.setdefault(c.how, []).append(rel)
+        if c.problem:
+            rep.problems.append(f"{rel}: {c.problem}")
     return rep
 
 
-def write_verified(dest: str, rep: Report, allow_pickle: bool) -> str:
-    """Atomically write PULL_VERIFIED.json for a clean report; returns its path."""
+def _key() -> bytes:
+    """The laptop's sealing key: 32 random bytes in the state dir, made on first use, readable only by us."""
+    path = os.path.join(str(state_dir()), KEY_NAME)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+            f.flush()
+            os.fsync(f.fileno())
+    if os.stat(path).st_mode & 0o077:
+        os.chmod(path, 0o600)
+    with open(path, "rb") as f:
+        key = f.read()
+    if len(key) < 32:
+        raise GateRefused(f"{path} is not rgt's 32-byte key: remove it and run `rgt verify DIR` again")
+    return key
+
+
+def _seal(doc: dict[str, Any]) -> str:
+    body = {k: v for k, v in doc.items() if k != "mac"}
+    return hmac.new(_key(), canonical_json(body), hashlib.sha256).hexdigest()
+
+
+def write_verified(dest: str, rep: Report) -> str:
+    """Atomically write the sealed PULL_VERIFIED.json for a clean report; returns its path."""
     if not rep.ok:
         raise ValueError("refusing to record a failed verification")
     path = os.path.join(dest, VERIFIED_NAME)
-    atomic_write_json(path, {
+    doc: dict[str, Any] = {
         "schema": VERIFIED_SCHEMA, "run_id": rep.run_id, "manifest_sha256": rep.manifest_sha256,
-        "verified_at": time.time(), "allow_pickle": allow_pickle, "files": rep.files, "bytes": rep.bytes,
-        "checkpoints": rep.checkpoints,
+        "verified_at": time.time(), "files": rep.files, "bytes": rep.bytes, "checkpoints": rep.checkpoints,
+        "checked": {how: len(rels) for how, rels in sorted(rep.how.items())},
         "fingerprint": [[rel, *fp] for rel, fp in sorted(rep.fingerprint.items())],
-    }, 0o600)
+    }
+    doc["mac"] = _seal(doc)
+    atomic_write_json(path, doc, 0o600)
     return path
 
 
 def invalidate(dest: str) -> None:
     """Remove PULL_VERIFIED.json: the tree is about to change, or no longer proves anything."""
+    path = os.path.join(dest, VERIFIED_NAME)
     try:
-        os.unlink(os.path.join(dest, VERIFIED_NAME))
-        fsync_dir(dest)
+        os.unlink(path)
     except FileNotFoundError:
-        pass
+        return
+    except IsADirectoryError:  # not rgt's: nothing but a sealed file may hold this name
+        shutil.rmtree(path)
+    fsync_dir(dest)
 
 
 def read_verified(dest: str) -> Optional[dict[str, Any]]:
-    """The PULL_VERIFIED.json record, None when absent; GateRefused when it cannot be read."""
+    """The sealed PULL_VERIFIED.json record, None when absent; GateRefused (and the file removed) otherwise."""
     path = os.path.join(dest, VERIFIED_NAME)
     try:
-        rec = read_json(path)
+        st = os.lstat(path)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
-        raise GateRefused(f"{path} is unreadable: pull again") from None
-    if not isinstance(rec, dict) or rec.get("schema") != VERIFIED_SCHEMA or \
-            not isinstance(rec.get("fingerprint"), list):
-        raise GateRefused(f"{path} is not a verification record rgt wrote: pull again")
+    rec: Any = None
+    if stat.S_ISREG(st.st_mode) and st.st_size <= MAX_RECORD_BYTES:
+        try:
+            rec = read_json(path)
+        except (OSError, ValueError, RecursionError):
+            rec = None
+    mac = rec.get("mac") if isinstance(rec, dict) else None
+    if not isinstance(mac, str) or rec.get("schema") != VERIFIED_SCHEMA or \
+            not isinstance(rec.get("fingerprint"), list) or not hmac.compare_digest(mac, _seal(rec)):
+        invalidate(dest)
+        raise GateRefused(f"{path} is not a verification record this machine wrote (its seal does not match): "
+                          f"removed; verify again with `rgt verify {dest}` or `rgt pull`")
     return rec
 
 
 def recorded_fingerprint(rec: dict[str, Any]) -> dict[str, Fp]:
     """The record's fingerprint as a dict."""
-    return {row[0]: tuple(row[1:]) for row in rec["fingerprint"] if isinstance(row, list) and len(row) == 5}
+    return {row[0]: tuple(row[1:]) for row in rec["fingerprint"]
+            if isinstance(row, list) and len(row) == 5 and isinstance(row[0], str)}
 
 
 def trusted_from(dest: str) -> dict[str, tuple[Fp, str]]:
@@ -253,7 +303,7 @@ def check_verified(dest: str, run_id: str, manifest_sha: str, jobs: Optional[int
     now = {rel: fp_of(st) for rel, st in scan_tree(dest).items()}
     if now == recorded_fingerprint(rec):
         return rec
-    rep = verify_tree(dest, allow_pickle=bool(rec.get("allow_pickle")), jobs=jobs)
+    rep = verify_tree(dest, jobs=jobs)  # never unpickles, whatever any file in the folder says
     if rep.manifest_sha256 != manifest_sha and rep.ok:
         rep.problems.append(f"{MANIFEST_NAME}: it no longer is the manifest that was verified")
     if not rep.ok:
@@ -261,7 +311,7 @@ def check_verified(dest: str, run_id: str, manifest_sha: str, jobs: Optional[int
         more = len(rep.problems) - 10
         shown = "; ".join(rep.problems[:10]) + (f"; and {more} more" if more > 0 else "")
         raise GateRefused(f"the pulled tree in {dest} changed since it was verified and no longer matches: {shown}")
-    write_verified(dest, rep, bool(rec.get("allow_pickle")))
+    write_verified(dest, rep)
     return read_verified(dest) or rec
 
 

@@ -16,6 +16,14 @@ from .errors import BadInput
 SCHEMA = "rgt/manifest/v1"
 KINDS = ("checkpoint", "artifact", "log", "metrics", "marker")
 HASH_CHUNK_BYTES = 4 * 1024 * 1024
+MAX_ENTRIES = 200_000  # far above any real run; a million-entry manifest is refused before it is checked
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_SIZE_BYTES = 1 << 60  # an exabyte: a bigger size is a lie
+MAX_PATH_BYTES = 4096
+# What rgt itself writes into a pull folder: a box manifest that names one of these could plant it there.
+RESERVED_TOP = ("manifest.json", "pull_verified.json")
+RESERVED_PARTS = (".rgt-partial",)
+BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u2028\u2029"
 
 
 class ManifestError(BadInput):
@@ -47,11 +55,21 @@ def check_rel_path(path: str) -> str:
         raise ManifestError(f"manifest entry has an empty or non-text path: {path!r}")
     if path.startswith("/") or path.startswith("\\") or "\\" in path:
         raise ManifestError(f"manifest entry {path!r} is absolute or has a backslash")
-    if any(unicodedata.category(c) == "Cc" for c in path):
-        raise ManifestError(f"manifest entry {path!r} has a control character")
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise ManifestError(f"manifest entry {path[:80]!r}... is longer than {MAX_PATH_BYTES} bytes")
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in path):
+        raise ManifestError(f"manifest entry {ascii(path)} has a control character")
+    if any(c in BIDI for c in path):
+        raise ManifestError(f"manifest entry {ascii(path)} has a bidi override (it would display as another name)")
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise ManifestError(f"manifest entry {path!r} has an empty, '.' or '..' component")
+    if any(p.startswith("-") for p in parts):
+        raise ManifestError(f"manifest entry {path!r} has a component starting with '-' (read as an option)")
+    # casefold: a case-insensitive laptop disk (macOS) would write PULL_verified.json over the record
+    if parts[0].casefold() in RESERVED_TOP or parts[0].casefold().startswith(".pull_verified.json") or any(
+            p.casefold() in RESERVED_PARTS for p in parts):
+        raise ManifestError(f"manifest entry {path!r} is a name rgt reserves for its own files in the pull folder")
     return path
 
 
@@ -79,20 +97,29 @@ class Manifest:
         """Refuse an empty roster, duplicates, unsafe paths, unknown kinds and bad hashes."""
         if self.schema != SCHEMA:
             raise ManifestError(f"manifest schema {self.schema!r} is not {SCHEMA!r}")
+        if not isinstance(self.run_id, str) or not isinstance(self.created_at, (int, float)):
+            raise ManifestError("manifest run_id or created_at has the wrong type")
         if not self.entries:
             raise ManifestError("the manifest is empty: refusing a pull that would prove nothing")
+        if len(self.entries) > MAX_ENTRIES:
+            raise ManifestError(f"the manifest lists {len(self.entries)} files, more than the {MAX_ENTRIES} "
+                                "rgt accepts: narrow the artifact globs")
         seen = set()
         for e in self.entries:
             check_rel_path(e.path)
             if e.path in seen:
                 raise ManifestError(f"manifest entry {e.path!r} appears twice")
             seen.add(e.path)
-            if e.kind not in KINDS:
-                raise ManifestError(f"manifest entry {e.path!r} has unknown kind {e.kind!r}")
-            if len(e.sha256) != 64 or any(c not in "0123456789abcdef" for c in e.sha256):
+            if not isinstance(e.kind, str) or e.kind not in KINDS:
+                raise ManifestError(f"manifest entry {e.path!r} has unknown kind {ascii(e.kind)[:40]}")
+            if not isinstance(e.sha256, str) or len(e.sha256) != 64 or any(
+                    c not in "0123456789abcdef" for c in e.sha256):
                 raise ManifestError(f"manifest entry {e.path!r} has a malformed sha256")
-            if not isinstance(e.size_bytes, int) or e.size_bytes < 0:
-                raise ManifestError(f"manifest entry {e.path!r} has a bad size")
+            if not isinstance(e.size_bytes, int) or isinstance(e.size_bytes, bool) or not (
+                    0 <= e.size_bytes <= MAX_SIZE_BYTES):
+                raise ManifestError(f"manifest entry {e.path!r} has a bad size ({ascii(e.size_bytes)[:40]})")
+            if not isinstance(e.pruned, bool):
+                raise ManifestError(f"manifest entry {e.path!r} has a pruned flag that is not true/false")
         return self
 
     def to_dict(self) -> Dict[str, Any]:
@@ -122,6 +149,9 @@ class Manifest:
         """Parse and validate; raises ManifestError on anything malformed."""
         if not isinstance(d, dict) or not isinstance(d.get("entries"), list):
             raise ManifestError("manifest is not an object with an entries list")
+        if len(d["entries"]) > MAX_ENTRIES:
+            raise ManifestError(f"the manifest lists {len(d['entries'])} files, more than the {MAX_ENTRIES} "
+                                "rgt accepts: narrow the artifact globs")
         try:
             entries = [Entry(**e) for e in d["entries"]]
             m = cls(
@@ -134,9 +164,13 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, raw: bytes, source: str = "manifest.json") -> Manifest:
-        """Parse manifest bytes; a truncated file is a one-line ManifestError."""
+        """Parse manifest bytes; a truncated, oversized or too deeply nested file is a one-line ManifestError."""
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"{source} is over {MAX_MANIFEST_BYTES >> 20} MiB: refused (narrow the artifact globs)")
         try:
             d = json.loads(raw.decode("utf-8"))
+        except RecursionError:
+            raise ManifestError(f"{source} is nested too deeply: not a manifest") from None
         except (UnicodeDecodeError, ValueError):
             raise ManifestError(f"{source} is truncated or not JSON") from None
         return cls.from_dict(d)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rgt.controller.commands.status import WATCH_MARK, records
+from rgt.controller.boundary import watch_records
 from rgt.controller.transport.ssh import SUN_PATH_MAX, SSHTransport, _private_dir, control_dir
 from rgt.shared.errors import BadInput, RgtError, TransportError
 
@@ -119,6 +119,9 @@ def test_ssh_exit_255_is_transport_unavailable(tmp_path):
     assert str(err) == "transport unavailable: box: ssh: connect to host 10.0.0.5 port 22: Connection refused"
 
 
+WATCH_MARK = b"\n@@rgt-watch-0123abcd "
+
+
 def test_watch_records_survive_arbitrary_chunking():
     stream_bytes = b"".join(
         b'{"seq": %d}\n' % i + WATCH_MARK + b"1700000000.%d 0\n" % i for i in range(3)
@@ -132,7 +135,7 @@ def test_watch_records_survive_arbitrary_chunking():
             out, self.data = self.data[:3], self.data[3:]
             return out
 
-    got = list(records(Chunked(stream_bytes)))
+    got = list(watch_records(Chunked(stream_bytes), WATCH_MARK))
     assert [g[0] for g in got] == [b'{"seq": 0}\n', b'{"seq": 1}\n', b'{"seq": 2}\n', b""]
     assert got[-1][1:] == (1700000009.5, 1)
 

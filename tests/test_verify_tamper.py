@@ -107,18 +107,19 @@ def test_checkpoint_with_nan_fails_verification(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "rgt-pulls/nan1/PULL_VERIFIED.json").exists()
 
 
-def test_checkpoint_that_needs_unpickling_verifies_only_with_allow_pickle(tmp_path, monkeypatch, capsys):
+def test_checkpoint_that_needs_unpickling_is_covered_by_hash_and_structure_never_unpickled(tmp_path, monkeypatch,
+                                                                                       capsys):
     monkeypatch.setenv("RGT_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.chdir(tmp_path)
     make_run(tmp_path / "box", "pk1", {"out/a.bin": b"a"}, {"step_1.pt": torch_bytes(1, pickle_only=True)})
     register(tmp_path / "state", tmp_path / "box", "pk1")
     code, _out, err = run_cli(capsys, "pull", "pk1")
-    assert code == 1
-    assert "ckpt/step_1.pt: needs full unpickling" in err
-    code, out, err = run_cli(capsys, "verify", str(tmp_path / "rgt-pulls/pk1"), "--allow-pickle")
-    assert code == 0, (out, err)
+    assert code == 0, err
+    assert "1 checked by hash and zip structure only" in err and "loaded with weights_only" not in err
     record = json.loads((tmp_path / "rgt-pulls/pk1/PULL_VERIFIED.json").read_text())
-    assert record["allow_pickle"] is True
+    assert record["checked"] == {"structure": 1} and "allow_pickle" not in record
+    code, out, err = run_cli(capsys, "verify", str(tmp_path / "rgt-pulls/pk1"), "--allow-pickle")
+    assert code == 2 and "rgt up --allow-pickle" in err and len(err.strip().splitlines()) == 1, err
 
 
 def _safetensors(values, truncate_by: int = 0) -> bytes:
@@ -144,7 +145,7 @@ def test_safetensors_checkpoints_are_checked(tmp_path, monkeypatch, capsys, valu
     code, _out, err = run_cli(capsys, "pull", "st1")
     if problem is None:
         assert code == 0, err
-        assert "1 checkpoint(s) safe-loaded" in err
+        assert "1 safetensors parsed" in err
     else:
         assert code == 1
         assert "ckpt/model.safetensors" in err and problem in err

@@ -107,6 +107,8 @@ def cli(ctx, as_json, refresh) -> None:
     if not rows:
         app.info("no runs yet: `rgt demo` or `rgt up local -- python train.py`")
         return
+    from rgt.controller.boundary import clean
+
     total, rated = 0.0, False
     click.echo(f"{'RUN':32} {'HOST':20} {'STATE':10} {'SEEN':>8} {'USD/H':>6} {'USD':>8}")
     for r in rows:
@@ -114,7 +116,7 @@ def cli(ctx, as_json, refresh) -> None:
         usd, rate = r["usd_so_far"], r["usd_per_hour"]
         if usd is not None:
             total, rated = total + usd, True
-        state = (r["state"] or "?") + ("*" if r["parked"] else "")
+        state = clean(r["state"] or "?", limit=20) + ("*" if r["parked"] else "")  # the box's word
         click.echo(f"{r['run_id']:32} {r['host'][:20]:20} {state:10} {seen:>8} "
                    f"{'-' if rate is None else f'{rate:.2f}':>6} {'-' if usd is None else f'{usd:.2f}':>8}")
     if rated:
@@ -124,7 +126,7 @@ def cli(ctx, as_json, refresh) -> None:
         click.echo("\n* parked: the box is stopped and its danger clocks run")
     for r in parked:
         p = r["parked"]
-        ended = "" if r["state"] in TERMINAL else f"; last known state {r['state'] or 'unknown'}, not ended"
+        ended = "" if r["state"] in TERMINAL else f"; last known state {clean(r['state'] or 'unknown')}, not ended"
         click.echo(f"  {r['run_id']} on {r['host']} ({r['display_name']}): stopped {_ago(now - p['at'])} "
                    f"by {p['by']}{ended}")
         if not r["clocks"]:

@@ -21,11 +21,9 @@ def render(rec, obs) -> list:
     state = st.state if obs.view != "stale" else f"{st.state}, agent not responding"
     lines = [f"{rec.run_id} on {rec.host}: {state} (attempt {st.trainer.attempt}, {st.trainer.restarts} restarts), "
              f"heartbeat {obs.age_s:.1f}s ago"]
-    p = st.progress
-    if p.step is not None or p.loss is not None:
-        of = f" of {p.total_steps}" if p.total_steps else ""
-        loss = f"  loss {p.loss:.4g}" if p.loss is not None else ""
-        lines.append(f"  step {p.step}{of}{loss}  ({p.source})")
+    progress = progress_line(st.progress)
+    if progress:
+        lines.append(f"  {progress}")
     c = st.checkpoint
     if c.last_path:
         lines.append(f"  checkpoint {c.last_path} (step {c.last_step})")
@@ -37,10 +35,38 @@ def render(rec, obs) -> list:
     except ImportError:
         render_health = None
     if render_health is not None:
-        lines += ["  " + x for x in render_health(obs.raw, color=sys.stdout.isatty())]
+        from rgt.controller.boundary import shown  # the box's strings cleaned; the colours are ours
+
+        lines += ["  " + x for x in render_health(shown(obs.raw), color=sys.stdout.isatty())]
     if st.next_action:
         lines.append(f"  next: {st.next_action}")
     return lines
+
+
+def _int(v):
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def progress_line(p) -> str:
+    """"step 120 of 1000  loss 2.31  (log)", or "epoch 2 batch 7  loss 0.5", or "loss nan"; "" when nothing.
+
+    Every part is optional and none prints None: a trainer may show a loss before any step.
+    """
+    metrics = p.metrics if isinstance(p.metrics, dict) else {}
+    parts = []
+    step, total = _int(p.step), _int(p.total_steps)
+    if step is not None:
+        parts.append(f"step {step}" + (f" of {total}" if total else ""))
+    elif _int(metrics.get("epoch")) is not None and _int(metrics.get("batch")) is not None:
+        parts.append(f"epoch {metrics['epoch']} batch {metrics['batch']}")
+    if isinstance(p.loss, (int, float)) and not isinstance(p.loss, bool):
+        parts.append(f"loss {p.loss:.4g}")
+    elif metrics.get("nonfinite_loss") in ("nan", "inf", "-inf", "+inf", "infinity", "-infinity"):
+        parts.append(f"loss {metrics['nonfinite_loss']}")
+    if not parts:
+        return ""
+    source = f"  ({p.source})" if p.source in ("log", "helper") else ""
+    return "  ".join(parts) + source
 
 
 def as_data(rec, obs) -> dict:
@@ -52,12 +78,12 @@ def as_data(rec, obs) -> dict:
 
 TERMINAL = ("succeeded", "failed", "stopped")
 # The --watch loop on the box: one session, a record per interval (status.json, then a mark line with
-# the box's clock and cat's exit code). Path and interval are positional args, never pasted in.
+# the box's clock and cat's exit code). Path, interval, the session's nonce and the byte cap are positional
+# args, never pasted in; the nonce keeps a mark-like line inside status.json from splitting a record.
 WATCH_LOOP = (
-    'while :; do cat -- "$1" 2>/dev/null; rc=$?; '
-    'printf "\\n@@rgt-watch %s %s\\n" "$(date +%s.%N)" "$rc" || exit 0; sleep "$2" || exit 0; done'
+    'while :; do head -c "$4" -- "$1" 2>/dev/null; rc=$?; '
+    'printf "\\n@@rgt-watch-%s %s %s\\n" "$3" "$(date +%s.%N)" "$rc" || exit 0; sleep "$2" || exit 0; done'
 )
-WATCH_MARK = b"\n@@rgt-watch "
 
 
 class _Record:
@@ -66,23 +92,8 @@ class _Record:
     def __init__(self, body: bytes, now: float, rc: int) -> None:
         self.body, self.now, self.rc = body, now, rc
 
-    def read_with_clock(self, path: str):
+    def read_with_clock(self, path: str, max_bytes=None):
         return (self.body if self.rc == 0 else None), self.now
-
-
-def records(stream):
-    """(body, box clock, cat's exit code) for each complete record in a byte stream."""
-    buf = b""
-    for chunk in iter(lambda: stream.read1(65536), b""):
-        buf += chunk
-        while True:
-            i = buf.find(WATCH_MARK)
-            j = buf.find(b"\n", i + len(WATCH_MARK)) if i >= 0 else -1
-            if j < 0:
-                break
-            now, _, rc = buf[i + len(WATCH_MARK):j].decode(errors="replace").partition(" ")
-            yield buf[:i], float(now), int(rc or 1)
-            buf = buf[j + 1:]
 
 
 def _show(app, rec, obs, as_json: bool, clear: bool, sched=None) -> None:
@@ -96,21 +107,34 @@ def _show(app, rec, obs, as_json: bool, clear: bool, sched=None) -> None:
         from rgt.controller.slurmview import status_lines
 
         lines += status_lines(rec, obs.view, sched)
-    click.echo("\n".join(lines))
+    from rgt.controller.boundary import clean
+
+    click.echo("\n".join(clean(x, keep_sgr=True) for x in lines))
 
 
 def _watch(app, transport, rec, first, as_json: bool) -> int:
     """Stream over ONE box session and redraw on every change; the exit code for the command."""
+    import secrets
+
+    from rgt.controller.boundary import MAX_STATUS_BYTES, BoxDataError, watch_records
     from rgt.controller.observe import Observation, poll, remember
 
     tick_s = first.status.tick_s if first.status else 2.0
     interval_s = min(max(tick_s / 2, 0.2), 2.0)
-    proc = transport.popen(["sh", "-c", WATCH_LOOP, "sh", f"{rec.run_dir}/status.json", f"{interval_s:g}"])
+    nonce = secrets.token_hex(8)
+    proc = transport.popen(["sh", "-c", WATCH_LOOP, "sh", f"{rec.run_dir}/status.json", f"{interval_s:g}", nonce,
+                            str(MAX_STATUS_BYTES + 1)])
     shown = ((first.status.seq if first.status else None), first.view)
     try:
         assert proc.stdout is not None
-        for body, now, rc in records(proc.stdout):
-            obs = poll(_Record(body, now, rc), rec)
+        for body, now, rc in watch_records(proc.stdout, f"\n@@rgt-watch-{nonce} ".encode()):
+            if now is None:
+                continue  # a garbled mark line: wait for the next record
+            try:
+                obs = poll(_Record(body, now, rc), rec)
+            except BoxDataError as e:  # one bad write by the box: say so, keep watching
+                app.info(f"rgt: {e}")
+                continue
             key = ((obs.status.seq if obs.status else None), obs.view)
             if key != shown:
                 remember(app.registry, rec, obs)
@@ -121,8 +145,10 @@ def _watch(app, transport, rec, first, as_json: bool) -> int:
     finally:
         proc.terminate()
         proc.wait()
-    err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-    why = err.splitlines()[-1] if err else f"the watch session ended (exit {proc.returncode})"
+    from rgt.controller.boundary import box_line
+
+    err = proc.stderr.read()[-4096:].decode(errors="replace").strip() if proc.stderr else ""
+    why = box_line(err.splitlines()[-1]) if err else f"the watch session ended (exit {proc.returncode})"
     _show(app, rec, Observation(None, rec.last_status, None, "unreachable", why), as_json, clear=False)
     return 3
 

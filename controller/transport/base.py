@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
@@ -10,13 +11,17 @@ from rgt.shared.errors import RgtError
 # Box-side snippets take their data as positional args ("$1"...), never pasted into the script.
 # The clock first, then `exec cat`: one process fewer on the box per poll; cat's exit code is the answer's.
 READ_WITH_CLOCK = 'date "+@@rgt-now %s.%N"; exec cat -- "$1" 2>/dev/null'
+# The same with a byte cap, so a hostile box's 100 MB status.json never crosses the link whole.
+READ_CAPPED_WITH_CLOCK = 'date "+@@rgt-now %s.%N"; exec head -c "$2" -- "$1" 2>/dev/null'
 WRITE_STDIN = (
     'umask 077; { mkdir -p -- "$(dirname -- "$1")" && cat > "$1.rgt-tmp" && chmod "$2" "$1.rgt-tmp" '
     '&& mv -f -- "$1.rgt-tmp" "$1"; } || { rm -f -- "$1.rgt-tmp"; exit 1; }'
 )
+# The archive is hashed against its name in the same round trip that starts it ("$5" is the guard, "$6" the
+# sha256 its name promises): a truncated or replaced copy exits 97 and nothing starts.
 DETACH = (
-    'cd -- "$1" && mkdir -p logs && setsid nohup "$2" -I "$3" daemon "$1" $4 >>"$1/logs/agent.out" 2>&1 '
-    '</dev/null & echo $!'
+    'cd -- "$1" && mkdir -p logs && { [ -z "$6" ] || "$2" -I -c "$5" "$3" "$6"; } || exit 97; '
+    'setsid nohup "$2" -I "$3" daemon "$1" $4 >>"$1/logs/agent.out" 2>&1 </dev/null & echo $!'
 )
 FIND_PYTHON = (
     'for p in "$@"; do if command -v "$p" >/dev/null 2>&1; then '
@@ -66,23 +71,31 @@ class Transport:
         """Run a fixed sh snippet with data passed as positional args."""
         return self.run(["sh", "-c", script, "sh", *args], input=input, timeout_s=timeout_s)
 
-    def read_with_clock(self, path: str) -> Tuple[Optional[bytes], float]:
-        """A file's bytes (None when absent) and the box's clock, in one round trip."""
-        res = self.sh(READ_WITH_CLOCK, path)
+    def read_with_clock(self, path: str, max_bytes: Optional[int] = None) -> Tuple[Optional[bytes], float]:
+        """A file's bytes (None when absent; at most ``max_bytes``) and the box's clock, in one round trip."""
+        res = self.sh(READ_WITH_CLOCK, path) if max_bytes is None else self.sh(
+            READ_CAPPED_WITH_CLOCK, path, str(int(max_bytes)))
         head, _, body = res.out.partition(b"\n")
         if not head.startswith(CLOCK_LINE):
-            why = res.err.decode(errors="replace").strip()[:200]
+            from rgt.controller.boundary import box_line
+
+            why = box_line(res.err, 200)
             raise RgtError(f"unexpected answer from {self.name} while reading {path}: {why}")
         stamp = head[len(CLOCK_LINE):].decode(errors="replace").strip()
         try:
             now = float(stamp)
         except ValueError:  # a `date` without %N (old busybox): whole seconds will do
-            now = float(stamp.split(".")[0])
+            try:
+                now = float(stamp.split(".")[0])
+            except ValueError:
+                raise RgtError(f"unexpected clock from {self.name} while reading {path}") from None
+        if not math.isfinite(now):
+            raise RgtError(f"unexpected clock from {self.name} while reading {path}")
         return (body if res.rc == 0 else None), now
 
-    def read_file(self, path: str) -> Optional[bytes]:
-        """A file's bytes, or None when absent."""
-        return self.read_with_clock(path)[0]
+    def read_file(self, path: str, max_bytes: Optional[int] = None) -> Optional[bytes]:
+        """A file's bytes (at most ``max_bytes``), or None when absent."""
+        return self.read_with_clock(path, max_bytes)[0]
 
     def write_file(self, path: str, data: bytes, mode: str = "600") -> None:
         """Write through stdin (so secrets never reach argv), via a temp name and a rename."""
@@ -109,8 +122,16 @@ class Transport:
         ``drop_env`` names variables the agent must not inherit (the run's secrets, on a local box:
         they reach the trainer through secrets.env only, as on a remote one).
         """
-        res = self._detach(["sh", "-c", DETACH, "sh", run_dir, python, pyz, "--resume" if resume else ""],
-                           drop_env)
+        from rgt.controller import pyz as archive
+
+        _local, sha = archive.local()
+        want = sha if pyz.endswith(f"/{sha[:12]}.pyz") else ""  # an archive rgt did not name: nothing to hold it to
+        argv = ["sh", "-c", DETACH, "sh", run_dir, python, pyz, "--resume" if resume else "", archive.GUARD_CHECK,
+                want]
+        res = self._detach(argv, drop_env)
+        if archive.mismatched(res.rc, res.err):
+            archive.upload(self, pyz.rsplit("/agent/", 1)[0])
+            res = self._detach(argv, drop_env)
         try:
             return int(res.out.decode().split()[-1])
         except (IndexError, ValueError):
@@ -125,10 +146,10 @@ class Transport:
     def run_agent(self, args: Sequence[str], timeout_s: Optional[float] = 300.0,
                   python: Optional[str] = None) -> BoxResult:
         """Run the agent archive on the box (copied there first if that hash is absent)."""
-        from rgt.controller.launch import ensure_pyz
+        from rgt.controller.pyz import run_guarded
 
         python = python or self.find_python(["python3", "python"])[0]
-        return self.run([python, "-I", ensure_pyz(self, self.root), *args], timeout_s=timeout_s)
+        return run_guarded(self, self.root, python, list(args), timeout_s=timeout_s)
 
     def rsync(self, args: Sequence[str], timeout_s: Optional[float] = None) -> subprocess.CompletedProcess:
         """Run the local rsync binary with this transport's remote shell."""
