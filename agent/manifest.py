@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Tuple
 from rgt.shared.atomic import atomic_write, dumps_json, read_json
 from rgt.shared.errors import RgtError
 from rgt.shared.manifest import Entry, Manifest, ManifestError, check_rel_path, sha256_file
-from rgt.shared.paths import MARKERS, RunPaths
+from rgt.shared.paths import ABS_PREFIX, MARKERS, RunPaths, box_path, origin_path
 from rgt.shared.spec import RunSpec
 
 INDEX_NAME = "ckpt_index.json"
@@ -51,14 +51,21 @@ def note(message: str) -> None:
 
 
 def _rel(paths: RunPaths, full: str) -> str:
-    return os.path.relpath(full, paths.root).replace(os.sep, "/")
+    return origin_path(paths.root, full)
 
 
 def _inside(paths: RunPaths, rel: str, what: str) -> str:
-    """``rel`` if it is safe and no symlink sits anywhere on its way from the run dir."""
-    if rel.startswith("../") or rel == ".." or os.path.isabs(rel):
+    """``rel`` if it is safe and no symlink sits anywhere on its way from the run dir (or from / for ``abs/``)."""
+    if os.path.isabs(rel):  # an index written before abs/ paths existed
+        rel = _rel(paths, rel)
+    if rel.startswith("../") or rel == "..":
         raise ManifestError(f"{what} {rel!r} lies outside the run dir {paths.root}: rgt pulls only what is inside")
     check_rel_path(rel)
+    if rel.startswith(ABS_PREFIX):
+        full = box_path(paths.root, rel)
+        if os.path.realpath(full) != full:
+            raise ManifestError(f"{full!r} is or goes through a symlink: refusing it (remove the link on the box)")
+        return rel
     real_root = os.path.realpath(paths.root)
     if os.path.realpath(os.path.join(paths.root, rel)) != os.path.join(real_root, *rel.split("/")):
         raise ManifestError(f"{rel!r} is or goes through a symlink: refusing it (remove the link on the box)")
@@ -75,14 +82,35 @@ def _walk_files(top: str) -> List[str]:
     return out
 
 
+def artifact_base(paths: RunPaths, spec: RunSpec, pattern: str) -> str:
+    """The absolute glob of one artifact pattern.
+
+    Relative ones lie under code/, ``$RGT_CKPT_DIR/...`` in the checkpoint dir, and absolute ones only
+    inside a dir where checkpoints are looked for.
+    """
+    from .ckpt.roots import build_roots
+
+    roots = build_roots(spec, paths)
+    for var in ("$RGT_CKPT_DIR", "${RGT_CKPT_DIR}"):
+        if pattern == var or pattern.startswith(var + "/"):
+            pattern = roots[0].path + pattern[len(var):]
+    parts = pattern.replace("\\", "/").split("/")
+    if ".." in parts:
+        raise ManifestError(f"artifact glob {pattern!r} must not use '..'")
+    if not os.path.isabs(pattern):
+        return os.path.join(paths.code, pattern)
+    dirs = [r.path for r in roots] + [os.path.normpath(paths.root)]
+    if not any(pattern.startswith(os.path.join(d, "")) for d in dirs):
+        raise ManifestError(f"artifact glob {pattern!r} lies outside the working dir and the checkpoint dirs "
+                            f"({', '.join(dirs)})")
+    return pattern
+
+
 def artifacts(paths: RunPaths, spec: RunSpec) -> Roster:
-    """The spec's artifact globs, relative to code/; a matched directory brings all its files."""
+    """The spec's artifact globs (see ``artifact_base``); a matched directory brings all its files."""
     items: Roster = {}
     for pattern in spec.artifacts:
-        parts = pattern.replace("\\", "/").split("/")
-        if pattern.startswith("/") or ".." in parts:
-            raise ManifestError(f"artifact glob {pattern!r} must stay inside the run's code/ dir")
-        for full in sorted(glob.glob(os.path.join(paths.code, pattern), recursive=True)):
+        for full in sorted(glob.glob(artifact_base(paths, spec, pattern), recursive=True)):
             found = _walk_files(full) if os.path.isdir(full) and not os.path.islink(full) else [full]
             for f in found:
                 items[_inside(paths, _rel(paths, f), "artifact")] = "artifact"
@@ -106,7 +134,7 @@ def checkpoints(paths: RunPaths, spec: RunSpec, final: bool) -> Tuple[Roster, Di
     indexed = set()
     for rec in _index_records(paths):
         rel, state = rec["path"].rstrip("/"), str(rec.get("state"))
-        indexed.add(rel)
+        indexed.add(_rel(paths, rel) if os.path.isabs(rel) else rel)
         if rec.get("quarantined") or state in BAD_STATES:
             if final:
                 note(f"checkpoint {rel} is not in the manifest: it is {state} ({rec.get('detail') or 'see the index'})")
@@ -116,7 +144,7 @@ def checkpoints(paths: RunPaths, spec: RunSpec, final: bool) -> Tuple[Roster, Di
         rel = _inside(paths, rel, "checkpoint")
         files = [(rel, rec.get("size_bytes"), rec.get("sha256"), rec.get("mtime_ns"), rec.get("ino"))]
         if rec.get("is_dir"):
-            top = os.path.join(paths.root, rel)
+            top = box_path(paths.root, rel)
             if os.path.isdir(top) and not os.path.islink(top):  # what is there now, not what was listed
                 files = [(_rel(paths, f), None, None, None, None) for f in _walk_files(top)]
             else:
@@ -128,7 +156,7 @@ def checkpoints(paths: RunPaths, spec: RunSpec, final: bool) -> Tuple[Roster, Di
         if rec.get("sidecar"):
             files.append((_sidecar(rel, rec["sidecar"]), None, None, None, None))
         for path, size, sha, mtime_ns, ino in files:
-            on_box = os.path.lexists(os.path.join(paths.root, path))
+            on_box = os.path.lexists(box_path(paths.root, path))
             kind = "metrics" if path.endswith(".rgt.json") else "checkpoint"
             if on_box:  # a pruned flag whose file is still there: the removal failed, so pull it
                 live[_inside(paths, path, "checkpoint")] = kind
@@ -148,16 +176,25 @@ def _sidecar(rel: str, name: str) -> str:
 
 
 def _unindexed(paths: RunPaths, spec: RunSpec, indexed: set) -> Roster:
-    """Checkpoints the pipeline never indexed (no pipeline, or the agent died first), found as it finds them."""
+    """Checkpoints the pipeline never indexed (no pipeline, or the agent died first), found as it finds them.
+
+    In the working dir only what is not in the baseline taken before the first launch (none taken: none).
+    """
+    from .ckpt.roots import build_roots, load_baseline, uploaded
     from .ckpt.scan import Matcher, list_candidates
 
-    top = os.path.join(paths.root, spec.ckpt_dir)
+    matcher = Matcher(spec.ckpt_globs)
+    baseline = load_baseline(paths)
     out: Roster = {}
-    for full, is_dir in (list_candidates(top, Matcher(spec.ckpt_globs)) or {}).values():
-        if _rel(paths, full) in indexed:
+    for root in build_roots(spec, paths):
+        if root.kind == "code" and baseline is None:
             continue
-        for f in _walk_files(full) if is_dir else [full]:
-            out[_inside(paths, _rel(paths, f), "checkpoint")] = "checkpoint"
+        for key, (full, is_dir) in (list_candidates(root.path, matcher, skip=root.skip) or {}).items():
+            if _rel(paths, full) in indexed or (root.kind == "code" and uploaded(root.prefix + key, full,
+                                                                                   baseline or {})):
+                continue
+            for f in _walk_files(full) if is_dir else [full]:
+                out[_inside(paths, _rel(paths, f), "checkpoint")] = "checkpoint"
     return out
 
 
@@ -182,11 +219,14 @@ def roster(paths: RunPaths, spec: RunSpec, final: bool) -> Tuple[Roster, Dict[st
 
 def _hash_one(root: str, rel: str, known: Optional[tuple], now_ns: int) -> Tuple[int, str, Optional[list]]:
     """(size, sha256, cache row or None) of one file, refusing symlinks and files that change under us."""
-    full = os.path.join(root, rel)
+    full = box_path(root, rel)
     try:
         st = os.lstat(full)
     except FileNotFoundError:
         raise RosterMoved(f"{rel!r} vanished while the manifest was built; build it again") from None
+    except PermissionError:
+        raise ManifestError(f"{full} cannot be read by this login (permission denied): rgt cannot pull it; "
+                            "fix its permissions on the box (nothing was changed)") from None
     if stat.S_ISLNK(st.st_mode):
         raise ManifestError(f"{rel!r} is a symlink: refusing it (remove the link on the box)")
     if not stat.S_ISREG(st.st_mode):
@@ -194,7 +234,11 @@ def _hash_one(root: str, rel: str, known: Optional[tuple], now_ns: int) -> Tuple
     key = (st.st_size, st.st_mtime_ns, st.st_ino)
     if known is not None and tuple(known[:2]) == key[:2] and known[2] in (None, st.st_ino):
         return st.st_size, known[3], None
-    digest = sha256_file(full)
+    try:
+        digest = sha256_file(full)
+    except PermissionError:
+        raise ManifestError(f"{full} cannot be read by this login (permission denied): rgt cannot pull it; "
+                            "fix its permissions on the box (nothing was changed)") from None
     after = os.lstat(full)
     if (after.st_size, after.st_mtime_ns, after.st_ino) != key:
         raise RosterMoved(f"{rel!r} changed while it was hashed; build the manifest again")
@@ -227,8 +271,8 @@ def build(paths: RunPaths) -> Tuple[Manifest, bool]:
             not any(k == "artifact" for k in items.values()):
         raise ManifestError(
             f"nothing to pull: no file matched the artifact globs {spec.artifacts or '(none given)'} and no "
-            f"checkpoint is in {spec.ckpt_dir}/; refusing an empty manifest (if the run truly made nothing "
-            "worth keeping, release the box at the provider yourself)")
+            f"checkpoint is in {spec.ckpt_dir}/ or among the new files of code/; refusing an empty manifest "
+            "(if the run truly made nothing worth keeping, release the box at the provider yourself)")
     cache = _load_cache(paths)
     now_ns = time.time_ns()
     rels = sorted(items)

@@ -13,6 +13,24 @@ if TYPE_CHECKING:  # imported lazily below: `rgt status` should not pay for them
 
 RUN_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}\Z")
 MARKERS = ("DONE", "FAILED", "STOPPED")
+# Manifest paths of files outside the run dir (an absolute --ckpt-dir): "abs/" plus the box path
+# without its leading slash, so that a pull folder shows where each file came from.
+ABS_PREFIX = "abs/"
+
+
+def origin_path(run_root: str, full: str) -> str:
+    """The manifest path of a box path: relative to the run dir inside it, else ``abs/<path>``."""
+    rel = os.path.relpath(full, run_root)
+    if rel == ".." or rel.startswith("../"):
+        return ABS_PREFIX + os.path.normpath(full).lstrip("/")
+    return rel.replace(os.sep, "/")
+
+
+def box_path(run_root: str, rel: str) -> str:
+    """The box path of a manifest path (the inverse of ``origin_path``)."""
+    if rel.startswith(ABS_PREFIX):
+        return "/" + rel[len(ABS_PREFIX):]
+    return os.path.join(run_root, rel)
 
 
 def validate_run_id(run_id: str) -> str:

@@ -32,6 +32,9 @@ class RunSpec:
     artifacts: List[str] = field(default_factory=list)
     durable_dir: Optional[str] = None
     keep_last: int = 3
+    # The user's own folders (the working dir, a --ckpt-dir) are pruned only when the user asked
+    # (--keep-last / [run] keep_last) or the disk is past the sentinel's act level; rgt's own ckpt/ always.
+    prune_user_dirs: bool = False
     allow_pickle: bool = False
     tick_s: float = 2.0
     max_restarts: int = 3

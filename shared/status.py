@@ -64,6 +64,9 @@ class Checkpoint:
     cadence_s: Optional[float] = None
     resume_from: Optional[str] = None
     warning: Optional[str] = None  # unverified pickle, corrupt newest checkpoint, failed durable copy
+    watch_dirs: Optional[List[str]] = None  # where the agent looks for checkpoints (box paths)
+    pruned_count: Optional[int] = None  # checkpoints rgt itself deleted (retention, a full disk)
+    last_pruned: Optional[str] = None  # the newest of them: "path (reason)"
     warnings: List[str] = field(default_factory=list)  # every checkpoint that is no resume target, and why
 
 

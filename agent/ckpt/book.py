@@ -14,11 +14,12 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from ...shared.paths import RunPaths
+from ...shared.paths import RunPaths, box_path, origin_path
 from ...shared.spec import RunSpec
 from ...shared.status import Checkpoint
 from . import retention, store
 from .scan import Fingerprint, fingerprint
+from .snapshot import step_of
 
 RESUMABLE = "verified"
 PICKLE = "unverified_pickle"
@@ -31,7 +32,7 @@ def same(rec: Dict[str, Any], fp: Optional[Fingerprint]) -> bool:
 
 
 class RecordBook:
-    """Index records by key (the path relative to the checkpoint dir)."""
+    """Index records by key: the path relative to the checkpoint dir, or the manifest path elsewhere."""
 
     def __init__(self, spec: RunSpec, paths: RunPaths, ckpt_dir: str, now: Callable[[], float] = time.time):
         self.spec, self.paths, self.ckpt_dir, self._now = spec, paths, ckpt_dir, now
@@ -39,6 +40,8 @@ class RecordBook:
         self.best_metric = retention.parse_best_metric(spec.extra.get("best_metric"))
         self.durable_keep_all = spec.extra.get("durable_keep") == "all"
         self.durable_dir: Optional[str] = None
+        # "rgt" (our own ckpt/, rotated by default) or "user"/"code" (the user's folders); the pipeline sets it
+        self.kind_of: Callable[[str], str] = lambda key: "rgt"
         self.lock = threading.RLock()
         self._records: Dict[str, Dict[str, Any]] = {}
 
@@ -58,9 +61,15 @@ class RecordBook:
         return (RESUMABLE, PICKLE) if self.spec.allow_pickle else (RESUMABLE,)
 
     def rel(self, path: str) -> str:
-        """A path relative to the run dir, or absolute when it lies outside."""
-        rel = os.path.relpath(path, self.paths.root)
-        return path if rel.startswith("..") else rel.replace(os.sep, "/")
+        """The manifest path: relative to the run dir, or ``abs/<path>`` when it lies outside."""
+        return origin_path(self.paths.root, path)
+
+    def full(self, rec: Dict[str, Any]) -> str:
+        """The box path of a record (older records: relative to the checkpoint dir, by key)."""
+        path = rec.get("path")
+        if isinstance(path, str) and path:
+            return path if os.path.isabs(path) else box_path(self.paths.root, path)
+        return os.path.join(self.ckpt_dir, rec["key"])
 
     def get(self, key: str) -> Optional[Dict[str, Any]]:
         """A copy of one record."""
@@ -106,18 +115,34 @@ class RecordBook:
                 self.save()
         return gone
 
-    def retain(self, reason: str, busy: Set[str]) -> List[str]:
-        """Delete what retention does not keep, among checkpoints we verified whose bytes are unchanged."""
+    def retain(self, reason: str, busy: Set[str], disk: bool = False) -> List[str]:
+        """Delete what retention does not keep, among checkpoints we verified whose bytes are unchanged.
+
+        rgt's own checkpoint dir keeps the last K plus the best. The user's folders (the working dir, a
+        --ckpt-dir) keep everything unless --keep-last turned pruning on (then the newest K verified of
+        each folder), or ``disk`` says the disk is past its act level (then the newest verified one).
+        """
         removed = []
         with self.lock:
             # Only step-numbered checkpoints rotate: a trainer's own best.pt / final.pt / latest.pt has no
-            # step, and deleting it would lose the file it most wanted kept.
+            # step in its name, and deleting it would lose the file it most wanted kept.
             live = [r for r in self._records.values() if r["state"] in self.resumable()
                     and not (r.get("pruned") or r.get("quarantined") or r.get("nan_suspect"))
-                    and r.get("step") is not None]
-            keep = retention.keep_set(live, self.spec.keep_last, self.best_metric)
-            for r in live:
-                path = os.path.join(self.ckpt_dir, r["key"])
+                    and step_of(r["key"]) is not None]
+            own = [r for r in live if self.kind_of(r["key"]) == "rgt"]
+            keep = retention.keep_set(own, self.spec.keep_last, self.best_metric) if own else set()
+            candidates = list(own)
+            if disk or self.spec.prune_user_dirs:
+                folders: Dict[str, List[Dict[str, Any]]] = {}
+                for r in live:
+                    if self.kind_of(r["key"]) != "rgt":
+                        folders.setdefault(os.path.dirname(str(r.get("path") or r["key"])), []).append(r)
+                for group in folders.values():
+                    candidates += group
+                    keep |= retention.keep_set(group, 1 if disk else self.spec.keep_last,
+                                               None if disk else self.best_metric)
+            for r in candidates:
+                path = self.full(r)
                 if r["key"] in keep or r["key"] in busy or not same(r, fingerprint(path)):
                     continue
                 store.remove_path(path)
@@ -127,7 +152,7 @@ class RecordBook:
                 if durable and not self.durable_keep_all and self._ours(durable["path"]):
                     store.remove_path(durable["path"])
                     r["durable_pruned"] = True
-                r.update(pruned=True, pruned_at=self._now(), prune_reason=reason)
+                r.update(pruned=True, pruned_at=self._now(), prune_reason=reason, pruned_by_rgt=True)
                 removed.append(path)
             if removed:
                 self.save()
@@ -147,7 +172,7 @@ class RecordBook:
                 break  # a durable copy is never newer than its record: nothing older can win
             if r.get("nan_suspect"):
                 continue  # written after the loss went non-finite (the agent's NaN policy)
-            path = os.path.join(self.ckpt_dir, r["key"])
+            path = self.full(r)
             cand = None
             if (r["state"] in self.resumable() and not (r.get("pruned") or r.get("quarantined"))
                     and same(r, fingerprint(path))):
@@ -188,6 +213,11 @@ class RecordBook:
         warning = self.warning()
         if warning and "warning" in {f.name for f in dataclasses.fields(cp)}:
             cp.warning = warning  # type: ignore[attr-defined]
+        ours = [r for r in self.records() if r.get("pruned_by_rgt")]
+        if ours:
+            last = max(ours, key=lambda r: r.get("pruned_at") or 0)
+            cp.pruned_count = len(ours)
+            cp.last_pruned = f"{last['path']} ({last.get('prune_reason')})"
         return cp
 
     def warning(self) -> Optional[str]:

@@ -18,9 +18,10 @@ from ...shared.journal import Journal
 from ...shared.paths import RunPaths
 from ...shared.spec import RunSpec
 from ...shared.status import Checkpoint
+from . import roots as roots_mod
 from . import store
 from .book import PICKLE, RESUMABLE, RecordBook, same
-from .scan import Fingerprint, Matcher, Watcher, fingerprint, key_of, list_candidates, open_for_write
+from .scan import Fingerprint, Matcher, Watcher, fingerprint, key_of, open_for_write
 from .snapshot import step_of
 from .worker import Job, process, retry_durable
 
@@ -53,16 +54,19 @@ def _ev(kind: str, **fields: Any) -> Dict[str, Any]:
 
 
 class CheckpointPipeline:
-    """Watches the checkpoint dir and turns complete checkpoints into verified, copied, indexed ones."""
+    """Watches the checkpoint dir and the working dir; turns complete checkpoints into verified, indexed ones."""
 
     def __init__(self, spec: RunSpec, paths: RunPaths, journal: Journal, log: logging.Logger,
                  verify_argv_prefix: List[str], now: Callable[[], float] = time.time) -> None:
         self.spec, self.paths, self.journal, self.log = spec, paths, journal, log
         self.verify_argv_prefix = list(verify_argv_prefix)
         self._now = now
-        self.ckpt_dir = os.path.join(paths.root, spec.ckpt_dir)  # an absolute spec.ckpt_dir wins
+        self.roots = roots_mod.build_roots(spec, paths)
+        self.ckpt_dir = self.roots[0].path  # $RGT_CKPT_DIR; an absolute spec.ckpt_dir wins
         self.book = RecordBook(spec, paths, self.ckpt_dir, now)
+        self.book.kind_of = self.kind_of
         self.matcher = Matcher(spec.ckpt_globs)
+        self._baseline: Dict[str, List[int]] = {}
         self.verify_timeout_s = spec.extra.get("verify_timeout_s")
         self._seen: Dict[str, _Seen] = {}
         self._inflight: Set[str] = set()
@@ -70,7 +74,7 @@ class CheckpointPipeline:
         self._jobs: queue.Queue[Optional[Job]] = queue.Queue()
         self._results: queue.Queue[Tuple[str, List[Dict[str, Any]]]] = queue.Queue()
         self._pending_events: List[Dict[str, Any]] = []
-        self._watcher = Watcher(self.ckpt_dir, log, now)
+        self._watcher = Watcher([r.path for r in self.roots], log, now)
         self._worker: Optional[threading.Thread] = None
         self._proc: Any = None
         self._trainer_running = True
@@ -84,13 +88,15 @@ class CheckpointPipeline:
             return
         os.makedirs(self.ckpt_dir, exist_ok=True)
         self.book.load()
+        self._baseline = roots_mod.take_baseline(self.paths, self.roots, self.matcher, self._now())
         durable, why = store.resolve_durable(self.spec.durable_dir, self.spec.run_id, self.ckpt_dir)
         self.book.durable_dir = durable
         if durable:
             store.clean_temps(durable)
         self._pending_events.append(_ev("ckpt_durable", enabled=durable is not None, message=why))
         self._watcher.start()
-        self._pending_events.append(_ev("ckpt_watch", mode=self._watcher.mode, message=self._watcher.reason))
+        self._pending_events.append(_ev("ckpt_watch", mode=self._watcher.mode, message=self._watcher.reason,
+                                        dirs=roots_mod.describe(self.roots)))
         self._worker = threading.Thread(target=self._work, name="rgt-ckpt-worker", daemon=True)
         self._worker.start()
 
@@ -131,18 +137,21 @@ class CheckpointPipeline:
             if key in self._seen:
                 self._seen[key].queued = False
             events.extend(evs)
-        cands = list_candidates(self.ckpt_dir, self.matcher)
-        if cands is None:  # the dir itself is unreadable right now: judge nothing as vanished
+        renamed, written = self._watcher.take()
+        cands, unreadable = roots_mod.collect(self.roots, self.matcher, self._baseline, now,
+                                              self._watcher.mode == "inotify", list(renamed) + list(written))
+        if self.roots[0] in unreadable:  # the checkpoint dir itself is unreadable right now
             return self._finish(events)
         records = self.book.snapshot()
-        self._observe(cands, records, now)
+        self._observe(cands, records, now, renamed, written)
         for key, seen in sorted(self._seen.items(), key=_oldest_first):
             arrived = None if seen.queued else self._complete(seen, now)
             if arrived:
                 seen.queued = True
                 self._inflight.add(key)
                 self._jobs.put(Job("process", key, seen.path, seen.is_dir, seen.fp, arrived))
-        for path in self.book.mark_missing(set(cands), self._inflight, self._now()):
+        present = set(cands) | {k for k in records if self._root_of(k) in unreadable}  # judge nothing vanished
+        for path in self.book.mark_missing(present, self._inflight, self._now()):
             events.append(_ev("ckpt_missing", path=path, message="a recorded checkpoint vanished; not removed by rgt"))
         self._retry_durable(cands, records, now)
         return self._finish(events)
@@ -152,7 +161,19 @@ class CheckpointPipeline:
             self._journal(ev)
         return events
 
-    def _observe(self, cands: Dict[str, Tuple[str, bool]], records: Dict[str, Dict[str, Any]], now: float) -> None:
+    def _root_of(self, key: str) -> roots_mod.Root:
+        return roots_mod.root_of(self.roots, key)
+
+    def kind_of(self, key: str) -> str:
+        """"rgt" for rgt's own checkpoint dir, "user" or "code" for the user's folders (never pruned by default)."""
+        return self._root_of(key).kind
+
+    def watch_dirs(self) -> List[str]:
+        """Where checkpoints are looked for, as the box names them."""
+        return roots_mod.describe(self.roots)
+
+    def _observe(self, cands: Dict[str, Tuple[str, bool]], records: Dict[str, Dict[str, Any]], now: float,
+                 renamed: Dict[str, float], written: Dict[str, float]) -> None:
         for key, (path, is_dir) in cands.items():
             if key in self._inflight:
                 continue
@@ -169,11 +190,11 @@ class CheckpointPipeline:
                 self._seen[key] = _Seen(path, is_dir, fp, now)
             elif seen.fp != fp:
                 seen.fp, seen.changed_at = fp, now
-        renamed, written = self._watcher.take()
         offset = now - self._now()  # watcher stamps are on our clock; `now` may be the daemon's own
         for events, attr in ((renamed, "renamed_at"), (written, "written_at")):
             for p, t in events.items():
-                k = key_of(self.ckpt_dir, p, self._seen)
+                k = next((k for k in (key_of(r.path, p, self._seen, r.prefix) for r in reversed(self.roots))
+                          if k is not None), None)
                 if k is not None:
                     setattr(self._seen[k], attr, max(t + offset, getattr(self._seen[k], attr) or float("-inf")))
         for key in [k for k in self._seen if k not in cands and k not in self._inflight]:
@@ -244,6 +265,8 @@ class CheckpointPipeline:
         if self._closing.is_set():
             return []  # a verifier killed by close() says nothing about the checkpoint
         rec["path"], rec["found_at"] = book.rel(job.path), self._now()
+        if rec["step"] is None:  # nanoGPT's out/ckpt.pt: the newest step the agent read from the trainer
+            rec["step"] = roots_mod.progress_step(self.paths.status)
         for f in rec["files"] or []:  # directory checkpoints: run-relative paths, for the manifest
             f["path"] = book.rel(os.path.join(job.path, f.pop("rel")))
         book.put(rec)
@@ -255,8 +278,7 @@ class CheckpointPipeline:
         if self._closing.is_set():
             return []  # a verifier killed by close() says nothing about the checkpoint
         removed = book.retain("retention", set())
-        if removed:
-            events.append(_ev("ckpt_pruned", paths=[book.rel(p) for p in removed], reason="retention"))
+        events.extend(_ev("ckpt_pruned", path=book.rel(p), paths=[book.rel(p)], reason="retention") for p in removed)
         return events
 
     def _verdict(self, rec: Dict[str, Any]) -> Dict[str, Any]:
@@ -277,6 +299,9 @@ class CheckpointPipeline:
         return _ev(f"ckpt_{state}", path=path, detail=rec["detail"])
 
     def _quarantine(self, job: Job, rec: Dict[str, Any]) -> Dict[str, Any]:
+        if self.kind_of(job.key) != "rgt":  # the user's own folder: moving files out of it breaks the trainer
+            return _ev("ckpt_suspect_kept", path=rec["path"], reason=rec["state"],
+                       message=f"left in place in your folder: {rec['path']} is {rec['state']}; not a resume target")
         if fingerprint(job.path) != job.fp:
             return _ev("ckpt_changed", path=rec["path"], message="changed after failing verification")
         if open_for_write(job.path):
@@ -294,11 +319,14 @@ class CheckpointPipeline:
     # ---- what the daemon reads --------------------------------------------------------------------
 
     def prune(self, reason: str) -> List[str]:
-        """Apply retention now (e.g. on a disk alert); returns the removed absolute paths."""
+        """The disk is past its act level: prune now, the user's folders too; returns the removed absolute paths.
+
+        In the user's folders only verified checkpoints older than the newest verified one go.
+        """
         self.start()
-        removed = self.book.retain(reason, set(self._inflight))
-        if removed:
-            self._journal(_ev("ckpt_pruned", paths=[self.book.rel(p) for p in removed], reason=reason))
+        removed = self.book.retain(reason, set(self._inflight), disk=True)
+        for p in removed:
+            self._journal(_ev("ckpt_pruned", path=self.book.rel(p), paths=[self.book.rel(p)], reason=reason))
         return removed
 
     def resume_from(self) -> Optional[str]:
@@ -306,8 +334,10 @@ class CheckpointPipeline:
         return self.book.resume_from()
 
     def status(self, now: float) -> Checkpoint:
-        """status.json's checkpoint block."""
-        return self.book.status(now)
+        """status.json's checkpoint block, with where checkpoints are looked for."""
+        cp = self.book.status(now)
+        cp.watch_dirs = self.watch_dirs()
+        return cp
 
     def warning(self) -> Optional[str]:
         """One loud line when the newest checkpoint is not a good resume target."""

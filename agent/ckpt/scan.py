@@ -8,9 +8,15 @@ import os
 import stat
 import threading
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
-MAX_DEPTH = 4
+MAX_DEPTH = 6  # e.g. logs/lightning_logs/version_0/checkpoints/epoch=0-step=9.ckpt is 5 deep
+# Directories never searched: caches, environments and tool state, which can be huge and hold no checkpoint
+# the trainer wrote (the Hugging Face hub cache's models--org--name dirs hold downloaded weights).
+EXCLUDE_DIRS = frozenset({"__pycache__", "node_modules", "wandb", "venv", "site-packages", "mlruns",
+                          "huggingface", "hub"})
+EXCLUDE_GLOBS = ("models--*", "datasets--*", "spaces--*")
+MODEL_WEIGHTS = ("model", "pytorch_model", "adapter_model", "diffusion_pytorch_model")
 
 
 class Fingerprint(NamedTuple):
@@ -66,18 +72,36 @@ class Matcher:
         return not is_temp_name(name) and any(fnmatch.fnmatchcase(name, g) for g in self.dir_globs)
 
 
-def list_candidates(root: str, matcher: Matcher) -> Optional[Dict[str, Tuple[str, bool]]]:
+def _excluded(name: str) -> bool:
+    return name in EXCLUDE_DIRS or any(fnmatch.fnmatchcase(name, g) for g in EXCLUDE_GLOBS)
+
+
+def _model_dir(names: List[str], matcher: Matcher) -> bool:
+    """A saved model folder (HF ``save_pretrained``: config.json beside model weights): it comes home whole."""
+    return "config.json" in names and any(matcher.file(n) and n.startswith(MODEL_WEIGHTS) for n in names)
+
+
+def list_candidates(root: str, matcher: Matcher, skip: Iterable[str] = (), budget: Optional[int] = None,
+                    stats: Optional[Dict[str, int]] = None) -> Optional[Dict[str, Tuple[str, bool]]]:
     """Checkpoint keys (paths relative to ``root``, '/'-separated) to (absolute path, is_dir); None if unreadable.
 
-    Matching directories are one checkpoint; other directories are searched (not temp ones such as
-    Hugging Face's ``tmp-checkpoint-N``, whose files would otherwise look like checkpoints).
+    Matching directories are one checkpoint, and so is a saved model folder below ``root``; other
+    directories are searched (not temp ones such as Hugging Face's ``tmp-checkpoint-N``, whose files would
+    otherwise look like checkpoints, nor caches and tool dirs, nor the dirs in ``skip``). ``budget`` caps
+    the entries visited; ``stats`` gets "entries" and "truncated".
     """
     found: Dict[str, Tuple[str, bool]] = {}
+    skipped = set(skip)
+    seen = [0, 0]  # entries visited, whether the budget cut the walk short
 
     def visit(directory: str, prefix: str, depth: int) -> None:
         try:
             entries = list(os.scandir(directory))
         except OSError:
+            return
+        seen[0] += len(entries)
+        if prefix and _model_dir([e.name for e in entries], matcher):
+            found[prefix.rstrip("/")] = (directory, True)
             return
         for e in entries:
             key = prefix + e.name
@@ -87,7 +111,11 @@ def list_candidates(root: str, matcher: Matcher) -> Optional[Dict[str, Tuple[str
                 if e.is_dir():
                     if matcher.directory(e.name):
                         found[key] = (e.path, True)
-                    elif depth < MAX_DEPTH and not is_temp_name(e.name) and not e.name.startswith("tmp"):
+                    elif (depth < MAX_DEPTH and not is_temp_name(e.name) and not e.name.startswith("tmp")
+                          and not _excluded(e.name) and e.path not in skipped):
+                        if budget is not None and seen[0] >= budget:
+                            seen[1] = 1
+                            continue
                         visit(e.path, key + "/", depth + 1)
                 elif e.is_file() and matcher.file(e.name):
                     found[key] = (e.path, False)
@@ -99,6 +127,8 @@ def list_candidates(root: str, matcher: Matcher) -> Optional[Dict[str, Tuple[str
     except OSError:
         return None
     visit(root, "", 1)
+    if stats is not None:
+        stats["entries"], stats["truncated"] = seen
     return found
 
 
@@ -136,10 +166,12 @@ class Watcher:
     """inotify events through watchdog when it imports and starts; otherwise nothing (the scan polls).
 
     Keeps, per absolute path, the last time it arrived by rename and the last time it was written.
+    Watches one root or several; events inside caches and tool dirs (.git, wandb, ...) are dropped.
     """
 
-    def __init__(self, root: str, log: logging.Logger, now: Callable[[], float] = time.time) -> None:
-        self.root = root
+    def __init__(self, root: Any, log: logging.Logger, now: Callable[[], float] = time.time) -> None:
+        self.roots: List[str] = [root] if isinstance(root, str) else list(root)
+        self.root = self.roots[0]
         self.log = log
         self._now = now
         self._lock = threading.Lock()
@@ -175,7 +207,9 @@ class Watcher:
                  FileClosedEvent]  # not "opened": our own reads must not look like writes
         try:
             observer = Observer()
-            observer.schedule(Handler(), self.root, recursive=True, event_filter=kinds)
+            for root in self.roots:
+                if os.path.isdir(root):  # a root made later is listed by the scan (it starts small)
+                    observer.schedule(Handler(), root, recursive=True, event_filter=kinds)
             observer.daemon = True
             observer.start()
         except (OSError, RuntimeError, ValueError) as e:
@@ -186,12 +220,14 @@ class Watcher:
 
     def _event(self, event: Any) -> None:
         t = self._now()
+        path = os.fsdecode(event.dest_path if event.event_type == "moved" else event.src_path)
+        if not path or any(p in EXCLUDE_DIRS or p in (".git", ".venv") for p in path.split(os.sep)):
+            return
         with self._lock:
             if event.event_type == "moved":
-                if event.dest_path:
-                    self._renamed[os.fsdecode(event.dest_path)] = t
-            elif os.fsdecode(event.src_path) != self.root:
-                self._written[os.fsdecode(event.src_path)] = t
+                self._renamed[path] = t
+            elif path not in self.roots:
+                self._written[path] = t
 
     def take(self) -> Tuple[Dict[str, float], Dict[str, float]]:
         """(renamed, written) since the last call."""
@@ -208,12 +244,12 @@ class Watcher:
             self._observer = None
 
 
-def key_of(root: str, path: str, keys: Dict[str, Any]) -> Optional[str]:
+def key_of(root: str, path: str, keys: Dict[str, Any], prefix: str = "") -> Optional[str]:
     """The candidate key a path belongs to: itself, or the checkpoint directory that holds it."""
     rel = os.path.relpath(path, root).replace(os.sep, "/")
     if rel.startswith(".."):
         return None
-    parts = rel.split("/")
+    parts = (prefix + rel).split("/")
     for i in range(len(parts), 0, -1):
         k = "/".join(parts[:i])
         if k in keys:
