@@ -33,14 +33,16 @@ def self_argv(*args: str) -> List[str]:
 def trainer_python(spec: RunSpec) -> str:
     """The interpreter of the trainer (the one with torch), to verify checkpoints under.
 
-    The command's own python when it starts with one (``python train.py``), else the spec's.
+    The python the command runs, found through wrappers (env, sh -c, torchrun, accelerate launch, ...;
+    see trainerpy), else the spec's.
     """
-    import shutil
+    from . import trainerpy
 
-    cmd = spec.command or (spec.cells[0]["command"] if spec.cells else [])
-    if cmd and os.path.basename(cmd[0]).startswith("python"):
-        path = spec.env.get("PATH") or os.environ.get("PATH")
-        return shutil.which(cmd[0], path=path) or cmd[0]
+    path = spec.env.get("PATH") or os.environ.get("PATH")
+    for argv in trainerpy.commands_of({"command": spec.command, "cells": spec.cells}):
+        found = trainerpy.find(argv, path)
+        if found:
+            return found
     return spec.python or sys.executable
 
 

@@ -54,9 +54,9 @@ def check_pattern(key: str, text: Any) -> Pattern[str]:
     try:
         rx = re.compile(text)
     except re.error as e:
-        raise BadPattern(f"progress pattern {key} = {text!r} is not a valid regex: {e}") from None
+        raise BadPattern(f'progress pattern {key} = "{text}" is not a valid regex: {e}') from None
     if rx.groups < 1:
-        raise BadPattern(f"progress pattern {key} = {text!r} needs a capture group around the number, "
+        raise BadPattern(f'progress pattern {key} = "{text}" needs a capture group around the number, '
                          f"e.g. {key} = \"{key}=(\\d+)\"")
     return rx
 

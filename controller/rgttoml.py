@@ -15,6 +15,7 @@ RUN_KEYS = {
     "tick_s": (int, float), "stall_after_s": (int, float), "start_grace_s": (int, float), "run": str,
     "completion_files": list, "trainer_python": str, "durable_dir": str, "gpus": list, "share_gpu": bool,
     "min_free_gb": (int, float), "keep_last": int, "usd_per_hour": (int, float), "allow_pickle": bool,
+    "ckpt_globs": list,
 }
 
 
@@ -62,4 +63,22 @@ def load(project_dir: str) -> Dict[str, Any]:
         raise BadInput(f"{path}: malformed TOML: {e}") from None
     data["_path"], data["_text"] = path, text
     check_table(data, "run", RUN_KEYS)
+    check_progress(data)
     return data
+
+
+PROGRESS_KEYS = {"step": str, "loss": str, "total": str}
+
+
+def check_progress(project: Dict[str, Any]) -> Dict[str, str]:
+    """The [progress] table (regexes for step, loss, total), each compiled; an error names the line."""
+    from rgt.agent.progformats import BadPattern, check_pattern
+
+    table = check_table(project, "progress", PROGRESS_KEYS)
+    for key, text in table.items():
+        try:
+            check_pattern(key, text)
+        except BadPattern as e:
+            where = f"{project.get('_path', 'rgt.toml')}:{_line_of(project.get('_text', ''), key, 'progress')}"
+            raise BadInput(f"{where}: {e}") from None
+    return dict(table)

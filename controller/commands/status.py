@@ -27,6 +27,14 @@ def render(rec, obs) -> list:
     c = st.checkpoint
     if c.last_path:
         lines.append(f"  checkpoint {c.last_path} (step {c.last_step})")
+    if c.watch_dirs:
+        from rgt.controller.boundary import box_line
+
+        lines.append("  checkpoints looked for in " + box_line(", ".join(c.watch_dirs[:8]), 400))
+    if c.pruned_count:
+        from rgt.controller.boundary import box_line
+
+        lines.append(f"  rgt pruned {c.pruned_count} checkpoint(s); last: {box_line(c.last_pruned or '?', 300)}")
     lf = st.trainer.last_failure
     if lf is not None and lf.class_:
         lines.append(f"  last failure: {lf.class_}: {lf.evidence}")

@@ -27,8 +27,14 @@ def _default_name(command: Tuple[str, ...]) -> str:
 @click.argument("host")
 @click.option("--profile", default=None, help="Platform profile (see `rgt profile list`).")
 @click.option("--run", "run_id", default=None, help="Run id; default name-date-4hex.")
-@click.option("--ckpt-dir", default=None, help="Checkpoint dir, relative to the run dir (default ckpt).")
-@click.option("--artifacts", multiple=True, help="Glob under the code dir to pull at the end (repeatable).")
+@click.option("--ckpt-dir", default=None,
+              help="$RGT_CKPT_DIR: relative to the run dir (default ckpt) or absolute (e.g. /root/autodl-tmp/out).")
+@click.option("--keep-last", type=click.IntRange(min=1), default=None,
+              help="Prune the user's own checkpoint folders too, keeping the newest N verified (default: never).")
+@click.option("--ckpt-glob", "ckpt_globs", multiple=True,
+              help="Another checkpoint pattern, added to *.pt *.pth *.ckpt *.safetensors checkpoint-*/ (repeatable).")
+@click.option("--artifacts", multiple=True,
+              help="Glob to pull at the end: under the code dir, $RGT_CKPT_DIR/..., or inside an absolute ckpt dir.")
 @click.option("--secret", "secrets", multiple=True, help="Env var NAME whose value goes to the box by stdin.")
 @click.option("--python", default=None, help="Python on the box for the agent (default: probe python3, python).")
 @click.option("--trainer-python", default=None,
@@ -49,15 +55,23 @@ def _default_name(command: Tuple[str, ...]) -> str:
 @click.option("--time", "walltime", default=None, help="Walltime under a scheduler (Slurm's --time, e.g. 4:00:00).")
 @click.option("--durable-dir", default=None, help="Where verified checkpoints and cell outputs are copied.")
 @click.option("--min-free-gb", type=float, default=None, help="Disk gate floor before every cell.")
+@click.option("--progress-step", metavar="REGEX", expose_value=False, callback=lambda c, p, v: _progress(c, "step", v),
+              help="Regex whose first group is the step (a second group, the total); overrides [progress] step.")
+@click.option("--progress-loss", metavar="REGEX", expose_value=False, callback=lambda c, p, v: _progress(c, "loss", v),
+              help="Regex whose first group is the loss; overrides [progress] loss.")
+@click.option("--progress-total", metavar="REGEX", expose_value=False,
+              callback=lambda c, p, v: _progress(c, "total", v),
+              help="Regex whose first group is the total steps; overrides [progress] total.")
 @click.option("--dry-run", is_flag=True, help="Show the spec and environment; run nothing.")
 @click.option("--brief", is_flag=True, help="Show the platform briefing again, even for a host seen before.")
 @ssh_options
 @json_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
-def cli(app, host, profile, run_id, ckpt_dir, artifacts, secrets, python, trainer_python, code_dir, tick_s,
-        max_restarts, stall_after_s, start_grace_s, usd_per_hour, heartbeat_timeout_s, queue_file, from_cell, gpus,
-        share_gpu, walltime, durable_dir, min_free_gb, dry_run, brief, port, ssh_config, as_json, command) -> None:
+def cli(app, host, profile, run_id, ckpt_dir, keep_last, ckpt_globs, artifacts, secrets, python, trainer_python,
+        code_dir, tick_s, max_restarts, stall_after_s, start_grace_s, usd_per_hour, heartbeat_timeout_s, queue_file,
+        from_cell, gpus, share_gpu, walltime, durable_dir, min_free_gb, dry_run, brief, port, ssh_config, as_json,
+        command) -> None:
     """Start CMD (given after `--`) on HOST, or on this machine with `local`."""
     from rgt.controller import cells, launch, rgttoml
     from rgt.controller.app import check_host
@@ -85,10 +99,10 @@ def cli(app, host, profile, run_id, ckpt_dir, artifacts, secrets, python, traine
     _merge(spec, toml, ckpt_dir=ckpt_dir, artifacts=list(artifacts) or None, tick_s=tick_s,
            max_restarts=max_restarts, stall_after_s=stall_after_s, start_grace_s=start_grace_s,
            usd_per_hour=usd_per_hour, durable_dir=durable_dir)
-    if os.path.isabs(spec.ckpt_dir):
-        raise BadInput(f"--ckpt-dir {spec.ckpt_dir} is absolute: give a path inside the run dir, "
-                       "so that `rgt pull` can bring the checkpoints home")
+    launch.apply_ckpt_options(spec, toml, keep_last, list(ckpt_globs))
     spec.cells, spec.from_cell = plan, from_cell
+    flags = click.get_current_context().meta.get("rgt_progress", {})
+    spec.progress_patterns = dict(project.get("progress") or {}, **flags)  # flags win, key by key
     trainer_python = trainer_python or toml.get("trainer_python")
     if trainer_python:
         spec.extra["verify_python"] = trainer_python
@@ -130,6 +144,11 @@ def cli(app, host, profile, run_id, ckpt_dir, artifacts, secrets, python, traine
             spec.gpus, spec.share_gpu = None, False
     elif walltime:
         raise BadInput(f"--time needs a profile with a scheduler (e.g. --profile slurm); {profile.name} has none")
+    if not profile.launch.scheduler:  # under a scheduler the login node's python is not the job's
+        from rgt.controller import trainerprobe
+
+        trainerprobe.check(app, transport, spec, host, python or toml.get("python"),
+                           list(profile.python) or ["python3", "python"])
     req = launch.UpRequest(host=host, spec=spec, code_dir=os.path.abspath(code_dir),
                            python=python or toml.get("python"), secret_values=values,
                            python_candidates=list(profile.python) or ["python3", "python"],
@@ -139,7 +158,21 @@ def cli(app, host, profile, run_id, ckpt_dir, artifacts, secrets, python, traine
     if as_json:
         app.data({"run_id": rec.run_id, "host": rec.host, "run_dir": rec.run_dir})
     app.info(f"run {rec.run_id} is up on {rec.host} ({rec.run_dir})")
+    app.info(launch.where_checkpoints(spec, rec.run_dir))
     app.info(f"  rgt status {rec.run_id}   rgt logs -f {rec.run_id}   rgt stop {rec.run_id}")
+
+
+def _progress(ctx, key: str, value: Optional[str]) -> None:
+    """A --progress-* regex, checked here on the laptop (exit 2 naming it), kept for the spec."""
+    from rgt.agent.progformats import BadPattern, check_pattern
+
+    if value is None:
+        return
+    try:
+        check_pattern(key, value)
+    except BadPattern as e:
+        raise BadInput(f"--progress-{key}: {e}") from None
+    ctx.meta.setdefault("rgt_progress", {})[key] = value
 
 
 def _box_path(transport, path: str) -> str:
