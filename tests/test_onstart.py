@@ -17,7 +17,8 @@ import psutil
 import pytest
 
 import rgt.agent.demo.train as demo
-from tests.conftest import wait_until
+from tests.conftest import scaled, wait_until
+from tests.helpers import AGENT_DRAIN_S
 
 LIMIT = 16 * 1024
 
@@ -35,10 +36,10 @@ def _box_env(env) -> dict:
     return dict(env.env, HOME=str(home), RGT_ROOT=str(env.root))
 
 
-def _start_container(env, script: Path) -> subprocess.CompletedProcess:
+def _start_container(env, script: Path, extra_env=None) -> subprocess.CompletedProcess:
     """One container start: the script in a fresh session, as vast runs /root/onstart.sh."""
-    return subprocess.run(["sh", str(script)], env=_box_env(env), capture_output=True, text=True, timeout=120,
-                          start_new_session=True, cwd=str(env.tmp))
+    return subprocess.run(["sh", str(script)], env=dict(_box_env(env), **(extra_env or {})), capture_output=True,
+                          text=True, timeout=scaled(120), start_new_session=True, cwd=str(env.tmp))
 
 
 def _pyz_of(script_text: str) -> str:
@@ -151,23 +152,41 @@ def _trainer_env(env, run_id: str, attempt: int) -> dict:
     return dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
 
 
+# The demo trainer, holding after step HOLD_AFTER_STEP (the first container's trainer is killed there,
+# however slowly its checkpoint is verified, never after the run's end); without the variable it runs through.
+HOLDING_TRAINER = """\
+import os, sys, time
+import demo_train
+hold = int(os.environ.get("HOLD_AFTER_STEP") or 0)
+report = demo_train.ckpt.report
+def held(step, *args, **kwargs):
+    report(step, *args, **kwargs)
+    while hold and step > hold:
+        time.sleep(0.5)
+demo_train.ckpt.report = held
+sys.exit(demo_train.main())
+"""
+HOLD = 100
+
+
 def test_container_restart_resumes_from_the_newest_verified_checkpoint_and_a_done_run_is_left_alone(env):
-    shutil.copy(demo.__file__, env.project / "train.py")
+    shutil.copy(demo.__file__, env.project / "demo_train.py")
+    (env.project / "train.py").write_text(HOLDING_TRAINER)
     run_id = "restart1"
     script = _script_with_pushed_agent(
         env, run_id, "--python", sys.executable, "--tick-s", "0.5", "--start-grace-s", "0",
-        "--", sys.executable, "train.py", "--steps", "300", "--step-sleep-s", "0.05", "--save-every", "10")
+        "--", sys.executable, "train.py", "--steps", "300", "--step-sleep-s", "0.05", "--save-every", "50")
 
-    first = _start_container(env, script)
+    first = _start_container(env, script, extra_env={"HOLD_AFTER_STEP": str(HOLD)})
     assert first.returncode == 0 and "agent launched" in first.stdout, first.stdout + first.stderr
 
     def verified_or_ended():
         st = env.status(run_id)
         ck = st.get("checkpoint") or {}
         return env.marker(run_id) or (st.get("state") == "running" and ck.get("resume_from")
-                                      and (ck.get("last_step") or 0) >= 20)
+                                      and (ck.get("last_step") or 0) >= HOLD)
 
-    wait_until(verified_or_ended, timeout_s=120,
+    wait_until(verified_or_ended, timeout_s=180,
                what="a verified checkpoint in status.json (checkpoint.resume_from): is the checkpoint pipeline "
                     "wired into the daemon?")
     if env.marker(run_id):
@@ -185,13 +204,13 @@ def test_container_restart_resumes_from_the_newest_verified_checkpoint_and_a_don
 
     second = _start_container(env, script)
     assert second.returncode == 0 and "agent launched" in second.stdout, second.stdout + second.stderr
-    resumed_env = wait_until(lambda: _trainer_env(env, run_id, 2), timeout_s=120, what="attempt 2's trainer")
+    resumed_env = wait_until(lambda: _trainer_env(env, run_id, 2), timeout_s=180, what="attempt 2's trainer")
     resume_from = resumed_env.get("RGT_RESUME_FROM")
     assert resume_from, "attempt 2 started without RGT_RESUME_FROM: the daemon does not pass the verified checkpoint"
     step = int(re.search(r"step_0*(\d+)\.pt$", resume_from).group(1))
     assert step >= seen_step
 
-    wait_until(lambda: env.marker(run_id), timeout_s=180, what="the resumed run to finish")
+    wait_until(lambda: env.marker(run_id), timeout_s=AGENT_DRAIN_S + 180, what="the resumed run to finish")
     assert env.marker(run_id) == "DONE"
     log = (env.run_dir(run_id) / "logs" / "trainer.log").read_text()
     second_attempt = log.split("=== rgt attempt 2 ===", 1)[1]
@@ -219,7 +238,7 @@ def test_push_start_launches_a_run_whose_first_start_found_no_agent(env):
     pushed = env.rgt("push", "local", "--profile", "vastai", "--run", run_id, "--code", str(env.project), "--start",
                      extra_env={"STEPS": "2"})
     assert pushed.returncode == 0, pushed.stderr
-    wait_until(lambda: env.marker(run_id), timeout_s=60, what="the pushed run to finish")
+    wait_until(lambda: env.marker(run_id), timeout_s=180, what="the pushed run to finish")
     assert env.marker(run_id) == "DONE"
     assert (env.run_dir(run_id) / "code" / "train.py").exists()
     runs = json.loads(env.rgt("runs", "--json", check=True).stdout)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import scaled, wait_until
+from tests.helpers import AGENT_DRAIN_S
 from tests.slurmbox import TRAINER, rgt_runner
 
 pytestmark = pytest.mark.slow
@@ -61,7 +62,7 @@ def test_requeue_mid_run_resumes_from_the_checkpoint_and_stop_cancels_the_job(sl
     assert data["state"] in ("starting", "running") and data["run_id"] == "slurm-a"
     human = rgt("status", "slurm-a")
     assert f"slurm job {job}: RUNNING" in human.stdout and "slurm-a on" in human.stdout
-    gpu = wait_until(lambda: "CUDA_VISIBLE_DEVICES=" in log(slurm, "slurm-a") and log(slurm, "slurm-a"), 60, 0.1)
+    gpu = wait_until(lambda: "CUDA_VISIBLE_DEVICES=" in log(slurm, "slurm-a") and log(slurm, "slurm-a"), 120, 0.1)
     assert "CUDA_VISIBLE_DEVICES=0" in gpu or "CUDA_VISIBLE_DEVICES=1" in gpu  # Slurm's fake gres, one GPU
 
     wait_until(lambda: ((status(slurm, "slurm-a").get("checkpoint") or {}).get("last_step") or 0) >= 20, 120, 0.2,
@@ -70,11 +71,13 @@ def test_requeue_mid_run_resumes_from_the_checkpoint_and_stop_cancels_the_job(sl
     assert slurm.box.run("scontrol", "requeue", job).returncode == 0
 
     def resumed():
+        # The status (helper reports) and the trainer log (the agent copies stdout) race: wait for both.
         st = status(slurm, "slurm-a")
         return (st.get("incarnation", "").endswith(f"slurm-{job}.1") and st.get("state") == "running"
-                and st["trainer"]["attempt"] >= 2 and (st["progress"].get("step") or 0) > before and st)
+                and st["trainer"]["attempt"] >= 2 and (st["progress"].get("step") or 0) > before
+                and "resumed from step=" in log(slurm, "slurm-a") and st)
 
-    st = wait_until(resumed, 120, 0.2, "the requeued job to resume the run past its old step")
+    st = wait_until(resumed, AGENT_DRAIN_S + 120, 0.2, "the requeued job to resume the run past its old step")
     assert st["trainer"]["last_failure"]["class"] == "preempted"
     assert st["trainer"]["restarts"] == 0  # a preemption costs no restart budget
     text = log(slurm, "slurm-a")
@@ -86,18 +89,18 @@ def test_requeue_mid_run_resumes_from_the_checkpoint_and_stop_cancels_the_job(sl
     again = rgt("status", "slurm-a")
     assert "requeued 1 time(s)" in again.stdout
 
-    stop = rgt("stop", "slurm-a", "--wait-s", "60")
+    stop = rgt("stop", "slurm-a", "--wait-s", str(scaled(AGENT_DRAIN_S + 60)), timeout_s=AGENT_DRAIN_S + 180)
     assert stop.returncode == 0, stop.stderr
     assert f"run slurm-a ended STOPPED; slurm job {job} cancelled" in stop.stderr
     assert (run_dir(slurm, "slurm-a") / "STOPPED").exists()
-    wait_until(lambda: slurm.box.job_state(job) in ("CANCELLED", "COMPLETED"), 60, 0.2, "the job to end")
+    wait_until(lambda: slurm.box.job_state(job) in ("CANCELLED", "COMPLETED"), 120, 0.2, "the job to end")
 
     # `rgt resume` submits a new job for the same run dir; its agent reopens the STOPPED run and resumes.
     again = rgt("resume", "slurm-a")
     assert again.returncode == 0, again.stderr
     second = job_of(state_dir, "slurm-a")
     assert second != job and f"slurm job {second} submitted (running)" in again.stderr
-    wait_until(lambda: log(slurm, "slurm-a").count("resumed from step=") == 2, 60, 0.2, "a second resume")
+    wait_until(lambda: log(slurm, "slurm-a").count("resumed from step=") == 2, 180, 0.2, "a second resume")
     assert rgt("stop", "slurm-a").returncode == 0
 
 
