@@ -39,6 +39,42 @@ class UpRequest:
     before_start: Optional[Callable[[Transport, str], None]] = None  # (transport, run_dir), e.g. push a checkpoint
 
 
+def apply_ckpt_options(spec: RunSpec, toml: Dict[str, Any], keep_last: Optional[int], globs: List[str]) -> None:
+    """--ckpt-dir, --keep-last, --ckpt-glob and --artifacts checked into the spec (one-line errors, exit 2)."""
+    d = spec.ckpt_dir
+    parts = os.path.normpath(d).split(os.sep) if d else [""]
+    if not os.path.isabs(d) and (parts[0] in ("", ".", "..", "abs") or ".." in parts):
+        raise BadInput(f"--ckpt-dir {d!r}: give a dir inside the run dir (e.g. ckpt, out) or an absolute one "
+                       "(e.g. /root/autodl-tmp/out); '.', '..' and abs/ are not allowed")
+    if keep_last is not None or "keep_last" in toml:
+        spec.keep_last = keep_last if keep_last is not None else spec.keep_last
+        spec.prune_user_dirs = True  # the user asked for pruning: their own folders rotate too
+    for g in list(toml.get("ckpt_globs") or []) + globs:
+        if not isinstance(g, str) or not g.strip("/") or "/" in g.rstrip("/"):
+            raise BadInput(f"checkpoint pattern {g!r}: give a file name glob (*.bin) or a dir glob ending in / "
+                           "(run-*/)")
+        if g not in spec.ckpt_globs:
+            spec.ckpt_globs.append(g)
+    for a in spec.artifacts:
+        if ".." in a.replace("\\", "/").split("/"):
+            raise BadInput(f"--artifacts {a!r}: '..' is not allowed")
+        if os.path.isabs(a) and not (os.path.isabs(d) and a.startswith(os.path.join(os.path.normpath(d), ""))):
+            raise BadInput(f"--artifacts {a!r} is absolute: it must lie inside the absolute --ckpt-dir "
+                           "(relative globs are under the code dir; $RGT_CKPT_DIR/... names the checkpoint dir)")
+
+
+def box_ckpt_dir(spec: RunSpec, run_dir: str) -> str:
+    """$RGT_CKPT_DIR as the box names it."""
+    return os.path.normpath(spec.ckpt_dir if os.path.isabs(spec.ckpt_dir) else f"{run_dir}/{spec.ckpt_dir}")
+
+
+def where_checkpoints(spec: RunSpec, run_dir: str) -> str:
+    """The line `rgt up` prints: where the agent looks for checkpoints."""
+    globs = " ".join(spec.ckpt_globs)
+    return (f"checkpoints: looked for in {box_ckpt_dir(spec, run_dir)} ($RGT_CKPT_DIR) and, as new files "
+            f"matching {globs}, under {run_dir}/code (the trainer's working dir)")
+
+
 def collect_secrets(names: List[str], env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """Secret values from the local environment, by name; a missing one is an error naming it."""
     env = dict(os.environ if env is None else env)
@@ -140,6 +176,12 @@ def up(registry: Registry, transport: Transport, req: UpRequest) -> RunRecord:
     if res.rc != 0:
         raise RgtError(f"cannot create {run_dir} on {transport.name}: {res.err.decode(errors='replace').strip()[:300]}")
     transport.run(["chmod", "700", run_dir])
+    ckpt = box_ckpt_dir(spec, run_dir)
+    made = transport.sh('mkdir -p -- "$1" && test -w "$1" && test -x "$1"', ckpt)
+    if made.rc != 0:
+        why = made.err.decode(errors="replace").strip().splitlines()
+        raise BadInput(f"--ckpt-dir {ckpt} cannot be created or written on {transport.name}"
+                       f"{': ' + why[-1][:200] if why else ' (no permission)'}; pick another dir")
     sync_code(transport, req.code_dir, run_dir)
     from .scriptcheck import check as check_script
 

@@ -22,11 +22,12 @@ from typing import Callable, NamedTuple, Optional
 from rgt.shared.atomic import atomic_write
 from rgt.shared.errors import RgtError, TransportError
 from rgt.shared.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError
+from rgt.shared.paths import ABS_PREFIX
 
 from . import pyz, verify
 from .boundary import box_line
 from .registry import Registry, RunRecord
-from .rsyncrun import Progress, human, last_line, run_rsync
+from .rsyncrun import Progress, RsyncRun, human, last_line, run_rsync
 from .transport.base import Transport
 
 NO_RETRY = {1, 2, 4, 6, 20}  # usage, protocol, unsupported, daemon log; 20: a signal (Ctrl-C, SIGTERM)
@@ -227,15 +228,29 @@ def pull_round(transport: Transport, rec: RunRecord, dest: str, opts: PullOption
 
 
 def transfer(transport: Transport, rec: RunRecord, dest: str, send: list, opts: PullOptions, force: bool):
-    """One rsync of ``send`` (manifest entries) from the run dir into ``dest``, with progress; its RsyncRun."""
-    with tempfile.NamedTemporaryFile(prefix="rgt-files-from-") as lf:
-        lf.write(b"".join(e.path.encode() + b"\0" for e in send))
-        lf.flush()
-        progress = Progress(f"pull {rec.run_id}", sum(e.size_bytes for e in send),
-                            already_bytes=0 if force else _present_bytes(dest, send))
-        run = run_rsync(rsync_argv(transport, rec.run_dir, dest, lf.name, opts, force), progress)
-        progress.done(run.rc == 0)
-    return run
+    """Rsync ``send`` (manifest entries) into ``dest``, with progress; one RsyncRun for all.
+
+    Entries under ``abs/`` (an absolute checkpoint dir outside the run dir) come from / on the box into
+    ``dest/abs/`` in a second rsync with its own --files-from; everything else from the run dir.
+    """
+    runs = []
+    for source, into, group in (
+            (rec.run_dir, dest, [e for e in send if not e.path.startswith(ABS_PREFIX)]),
+            ("/", os.path.join(dest, ABS_PREFIX), [e for e in send if e.path.startswith(ABS_PREFIX)])):
+        if not group and runs:
+            continue
+        with tempfile.NamedTemporaryFile(prefix="rgt-files-from-") as lf:
+            lf.write(b"".join(e.path[len(ABS_PREFIX) if source == "/" else 0:].encode() + b"\0" for e in group))
+            lf.flush()
+            os.makedirs(into, mode=0o700, exist_ok=True)
+            progress = Progress(f"pull {rec.run_id}", sum(e.size_bytes for e in group),
+                                already_bytes=0 if force else _present_bytes(dest, group))
+            run = run_rsync(rsync_argv(transport, source, into, lf.name, opts, force), progress)
+            progress.done(run.rc == 0)
+        runs.append(run)
+        if run.rc != 0:
+            break
+    return RsyncRun(runs[-1].rc, sum(r.data_bytes or 0 for r in runs), runs[-1].err)
 
 
 def disk_full(run, dest: str) -> bool:
