@@ -99,8 +99,11 @@ def gate(transport: Transport, rec: RunRecord, dest: str, force_running: bool, p
     if not bm.final:
         from .observe import poll
 
-        obs = poll(transport, rec)
-        state = obs.view if obs.status is None else f"{obs.status.state}, {obs.view}"
+        try:
+            obs = poll(transport, rec)
+            state = obs.view if obs.status is None else f"{obs.status.state}, {obs.view}"
+        except RgtError as e:  # a malformed status.json still leaves the run not ended: refuse, exit 4
+            state = f"status unreadable: {e}"
         if not force_running:
             raise GateRefused(
                 f"run {rec.run_id} has not ended (state {state}; no DONE, FAILED or STOPPED marker on the box): wait "

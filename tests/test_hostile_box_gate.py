@@ -112,7 +112,7 @@ def _doc(entries, run_id: str = RUN) -> bytes:
 def _million() -> bytes:
     one = '{"path":"f/%d","size_bytes":1,"sha256":"' + "b" * 64 + '","kind":"artifact","pruned":false}'
     body = ",".join(one % i for i in range(1_000_000))
-    return ('{"schema":"rgt/manifest/v1","run_id":"%s","created_at":1,"entries":[' % RUN + body + "]}").encode()
+    return (f'{{"schema":"rgt/manifest/v1","run_id":"{RUN}","created_at":1,"entries":[' + body + "]}").encode()
 
 
 MANIFESTS = {
