@@ -26,6 +26,9 @@ sleep_s = float(os.environ.get("STEP_SLEEP_S", "0.2"))
 for i in range(1, steps + 1):
     print(f"step={i} loss={1.0 / i:.4f}", flush=True)
     time.sleep(sleep_s)
+hold = os.environ.get("HOLD_FILE")
+while hold and not os.path.exists(hold):  # a test keeps the trainer alive until it has looked
+    time.sleep(0.05)
 sys.exit(int(os.environ.get("EXIT_CODE", "0")))
 '''
 

@@ -7,11 +7,11 @@ import pytest
 
 from rgt.agent import procs
 from rgt.shared.journal import read_journal
-from tests.conftest import require_real, wait_until
+from tests.conftest import require_real, scaled, wait_until
 from tests.helpers import agent_argv, make_run_dir, python_versions
 
 
-def _wait_marker(env, run_id, timeout_s=60):
+def _wait_marker(env, run_id, timeout_s=120):
     return wait_until(lambda: env.marker(run_id), timeout_s, what=f"a completion marker for {run_id}")
 
 
@@ -37,7 +37,7 @@ def test_failing_run_writes_failed_with_exit_code_and_wait_exits_5(env):
 def test_stopped_run_writes_stopped_and_the_trainer_group_is_gone(env):
     env.rgt("up", "local", "--run", "stop1", "--tick-s", "0.5", "--", "python3", "train.py", check=True,
             extra_env={"STEPS": "1000"})
-    wait_until(lambda: env.status("stop1").get("state") == "running", 30, what="running")
+    wait_until(lambda: env.status("stop1").get("state") == "running", what="running")
     rec = json.loads((env.run_dir("stop1") / "trainer.json").read_text())
     p = env.rgt("stop", "stop1")
     assert p.returncode == 0, p.stderr
@@ -49,15 +49,17 @@ def test_stopped_run_writes_stopped_and_the_trainer_group_is_gone(env):
 
 
 def test_agent_killed_9_leaves_trainer_running_and_exit_json_still_appears(env):
+    hold = env.tmp / "let-k9-end"
     env.rgt("up", "local", "--run", "k9", "--tick-s", "0.5", "--", "python3", "train.py", check=True,
-            extra_env={"STEPS": "12", "STEP_SLEEP_S": "0.25", "EXIT_CODE": "7"})
-    wait_until(lambda: env.status("k9").get("state") == "running", 30, what="running")
+            extra_env={"STEPS": "2", "STEP_SLEEP_S": "0.05", "EXIT_CODE": "7", "HOLD_FILE": str(hold)})
+    wait_until(lambda: env.status("k9").get("state") == "running", what="running")
     agent_pid = env.status("k9")["agent_pid"]
     rec = json.loads((env.run_dir("k9") / "trainer.json").read_text())
     os.kill(agent_pid, signal.SIGKILL)
     assert procs.is_same_process(rec["pid"], rec["start_time"]), "the trainer must survive the agent"
+    hold.touch()  # only now may the trainer end: nothing races the kill
     exit_json = env.run_dir("k9") / "exit.json"
-    wait_until(exit_json.exists, 30, what="exit.json written by the waiter")
+    wait_until(exit_json.exists, what="exit.json written by the waiter")
     assert json.loads(exit_json.read_text())["exit_code"] == 7
 
 
@@ -66,7 +68,7 @@ def test_two_agents_started_at_once_exactly_one_runs(tmp_path, pyz):
     argv = [*agent_argv(pyz), "daemon", str(run)]
     a = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     b = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    outs = [a.communicate(timeout=60)[0], b.communicate(timeout=60)[0]]
+    outs = [a.communicate(timeout=scaled(120))[0], b.communicate(timeout=scaled(120))[0]]
     assert a.returncode == 0 and b.returncode == 0
     assert sum("already supervised" in o for o in outs) == 1, outs
     assert (run / "logs" / "trainer.log").read_text().count("=== rgt attempt") == 1
@@ -75,15 +77,15 @@ def test_two_agents_started_at_once_exactly_one_runs(tmp_path, pyz):
 
 def test_agent_again_after_done_does_not_rerun_the_trainer(tmp_path, pyz):
     run = make_run_dir(tmp_path, "again", ["python3", "train.py"], tick_s=0.5)
-    subprocess.run([*agent_argv(pyz), "daemon", str(run)], check=True, timeout=60)
-    p = subprocess.run([*agent_argv(pyz), "daemon", str(run)], capture_output=True, text=True, timeout=60)
+    subprocess.run([*agent_argv(pyz), "daemon", str(run)], check=True, timeout=scaled(120))
+    p = subprocess.run([*agent_argv(pyz), "daemon", str(run)], capture_output=True, text=True, timeout=scaled(120))
     assert p.returncode == 0 and "already ended (DONE)" in p.stdout
     assert (run / "logs" / "trainer.log").read_text().count("=== rgt attempt") == 1
 
 
 def test_agent_survives_the_end_of_the_shell_that_started_it(env):
     env.rgt("up", "local", "--run", "detach", "--tick-s", "0.5", "--", "python3", "train.py", check=True,
-            extra_env={"STEPS": "40"})
+            extra_env={"STEPS": "2", "HOLD_FILE": str(env.tmp / "never")})  # the agent lives until the stop
     pid = env.status("detach")["agent_pid"]
     st = procs.proc_stat(pid)
     assert st is not None and st.sid == pid, "the agent leads its own session (setsid)"
@@ -100,7 +102,7 @@ def test_archive_runs_a_short_real_run_isolated_under_each_python(tmp_path, pyz,
                "print('step=2 loss=0.25')\n")
     run = make_run_dir(tmp_path, f"py{version.replace('.', '')}", [exe, "train.py"], tick_s=0.3, settle_s=0.2,
                        code={"train.py": trainer})
-    p = subprocess.run([exe, "-I", pyz, "daemon", str(run)], capture_output=True, text=True, timeout=60)
+    p = subprocess.run([exe, "-I", pyz, "daemon", str(run)], capture_output=True, text=True, timeout=scaled(120))
     assert p.returncode == 0, p.stderr
     assert (run / "DONE").exists(), (run / "logs" / "agent.log").read_text()
     st = json.loads((run / "status.json").read_text())
@@ -124,15 +126,17 @@ def test_archive_is_reproducible_and_named_by_its_hash(tmp_path):
 
 
 def test_stop_then_resume_runs_a_fresh_attempt_under_the_agent_to_done(env):
+    # Attempt 1 holds until stopped (it cannot end first); the resumed agent's trainer has no HOLD_FILE.
     env.rgt("up", "local", "--run", "sr1", "--tick-s", "0.3", "--", "python3", "train.py", check=True,
-            extra_env={"STEPS": "25", "STEP_SLEEP_S": "0.2"})
-    wait_until(lambda: env.status("sr1").get("state") == "running", 30, what="running")
+            extra_env={"STEPS": "5", "STEP_SLEEP_S": "0.2", "HOLD_FILE": str(env.tmp / "never")})
+    wait_until(lambda: env.status("sr1").get("state") == "running", what="running")
     env.rgt("stop", "sr1", check=True)
     _wait_marker(env, "sr1")
     assert env.marker("sr1") == "STOPPED"
     p = env.rgt("resume", "sr1")
     assert p.returncode == 0, p.stderr
-    st = wait_until(lambda: env.status("sr1").get("state") == "running" and env.status("sr1"), 30, what="running")
+    st = wait_until(lambda: (env.status("sr1").get("trainer") or {}).get("attempt", 0) >= 2 and env.status("sr1"),
+                    what="the resumed attempt")  # running, or already succeeded: a short attempt races the poll
     assert st["trainer"]["attempt"] == 2, "never reuses the number whose exit.json is on disk"
     assert env.rgt("wait", "sr1").returncode == 0
     done = json.loads((env.run_dir("sr1") / "DONE").read_text())
@@ -141,10 +145,10 @@ def test_stop_then_resume_runs_a_fresh_attempt_under_the_agent_to_done(env):
 
 def test_an_agent_restarted_after_success_writes_the_missing_marker_and_never_reruns(tmp_path, pyz):
     run = make_run_dir(tmp_path, "nomark", ["python3", "train.py"], tick_s=0.3)
-    subprocess.run([*agent_argv(pyz), "daemon", str(run)], check=True, timeout=60)
+    subprocess.run([*agent_argv(pyz), "daemon", str(run)], check=True, timeout=scaled(120))
     (run / "DONE").unlink()  # as if the agent died between the end and the marker
     p = subprocess.run([*agent_argv(pyz), "daemon", str(run), "--resume"], capture_output=True, text=True,
-                       timeout=60)
+                       timeout=scaled(120))
     assert p.returncode == 0, p.stderr
     assert json.loads((run / "DONE").read_text())["state"] == "succeeded"
     assert (run / "logs" / "trainer.log").read_text().count("=== rgt attempt") == 1
