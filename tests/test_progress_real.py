@@ -50,6 +50,17 @@ def test_lightning_with_rich_bar_and_the_rgt_callback_shows_live_global_step(env
     _release(env, "pl-rich")
 
 
+def test_lightning_with_its_tqdm_bar_and_no_code_change_shows_the_global_batch(env, trainer_python):
+    _start(env, trainer_python, "pl-tqdm", "lightning_tiny.py", "--bar", "tqdm")
+    # the bar counts batches per epoch (10); the status shows epoch * 10 + batch
+    data, text = _live(env, "pl-tqdm", lambda p: p.get("step") == 20)
+    p = data["progress"]
+    assert p["source"] == "log" and p["total_steps"] is None and isinstance(p["loss"], float)
+    assert (p["metrics"]["epoch"], p["metrics"]["batch"], p["metrics"]["batches_per_epoch"]) == (1, 10, 10)
+    assert "step 20  loss " in text and "None" not in text
+    _release(env, "pl-tqdm")
+
+
 def test_hf_trainer_with_default_logging_shows_step_and_loss_from_its_log(env, trainer_python):
     _start(env, trainer_python, "hf-log", "hf_tiny.py")
     data, text = _live(env, "hf-log", lambda p: p.get("step") == 12 and p.get("loss") is not None)
