@@ -9,17 +9,17 @@ Never "verified" when torch is missing. Stdlib only; torch is imported when call
 
 from __future__ import annotations
 
-import importlib
 import json
 import mmap
 import os
 import pickle
-import pickletools
 import struct
 import sys
 import warnings
 import zipfile
 from typing import Any, Dict, List, Optional, Tuple
+
+from .picklesafe import metadata_globals, numpy_safe_globals
 
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 # Worst first: a directory checkpoint takes the worst kind of its files.
@@ -35,7 +35,6 @@ SAFETENSORS_DTYPES = {
 BOOKKEEPING_KEYS = ("callbacks", "loops")
 # Pickled metadata a resume does not load (HF Trainer's TrainingArguments dataclass): hash and structure only.
 METADATA_FILES = ("training_args.bin",)
-METADATA_MAX_BYTES = 64 << 20
 
 
 def result(kind: str, detail: str, tensors: Optional[int] = None, hash_only: Optional[List[str]] = None,
@@ -91,8 +90,10 @@ def state_tensors(obj: Any, torch: Any) -> Tuple[List[Tuple[str, Any]], int]:
 
 
 def nonfinite_report(tensors: List[Tuple[str, Any]], torch: Any, sentinels: bool = True) -> List[str]:
-    """"key.path (NaN)" for each bad tensor. With ``sentinels``, a 0-d tensor holding ±inf is a sentinel
-    (a best-score start value), not a defect; NaN always counts."""
+    """One "key.path (NaN)" per bad tensor; NaN always counts.
+
+    With ``sentinels``, a 0-d tensor holding +-inf is a sentinel (a best-score start value), not a defect.
+    """
     bad = []
     for name, t in tensors:
         what = _nonfinite(t, torch)
@@ -121,32 +122,9 @@ def _zip_damage(path: str) -> Optional[str]:
 def _pickle_reason(e: BaseException) -> str:
     for line in str(e).splitlines():
         if "Unsupported global" in line or "GLOBAL" in line:
-            return line.strip()
+            line = line.strip().replace("WeightsUnpickler error: ", "")
+            return line.split(" was not an allowed global")[0]  # torch's advice to allowlist it is not ours
     return str(e).splitlines()[0].strip() if str(e) else type(e).__name__
-
-
-def numpy_safe_globals() -> List[Any]:
-    """numpy's array and dtype rebuilders: they only allocate arrays and set dtypes, never call user code.
-
-    (An object array's items are still unpickled by torch's weights-only loader.) [] without numpy.
-    """
-    try:
-        import numpy
-    except ImportError:
-        return []
-    out: List[Any] = [numpy.ndarray, numpy.dtype]
-    for name in ("numpy._core.multiarray", "numpy.core.multiarray"):  # numpy 2 renamed core to _core
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                out.append(importlib.import_module(name)._reconstruct)
-            break
-        except (ImportError, AttributeError):
-            continue
-    dtypes = getattr(numpy, "dtypes", None)  # numpy >= 1.25: one class per dtype, each must be allowed to BUILD
-    if dtypes is not None:
-        out += [v for v in vars(dtypes).values() if isinstance(v, type) and issubclass(v, numpy.dtype)]
-    return out
 
 
 def _weights_only_load(path: str, torch: Any, is_zip: bool, allow: List[Any]) -> Any:
@@ -197,50 +175,20 @@ def verify_torch_file(path: str, torch: Any) -> Dict[str, Any]:
                   len(tensors) + skipped, how=how)
 
 
-def pickle_globals(data: bytes) -> List[str]:
-    """The globals a pickle stream names, read opcode by opcode without running it; ValueError if malformed."""
-    names: List[str] = []
-    strings: List[str] = []
-    seen_stop = False
-    for op, arg, _pos in pickletools.genops(data):
-        if op.name in ("GLOBAL", "INST"):
-            names.append(str(arg).replace(" ", "."))
-        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-            names.append(f"{strings[-2]}.{strings[-1]}")
-        elif op.name in ("BINPERSID", "PERSID"):
-            raise ValueError("it holds tensor storage, so it is not metadata")
-        if isinstance(arg, str):
-            strings.append(arg)
-        seen_stop = op.name == "STOP"
-    if not seen_stop:
-        raise ValueError("pickle stream does not end with STOP")
-    return list(dict.fromkeys(names))  # in order of appearance: the outermost object's class first
-
-
 def verify_metadata(path: str) -> Optional[Dict[str, Any]]:
     """Structure check of a pickled metadata file, never unpickled; None when it is not plain metadata."""
+    if zipfile.is_zipfile(path):
+        damage = _zip_damage(path)
+        if damage:
+            return result("corrupt", damage)
     try:
-        if zipfile.is_zipfile(path):
-            damage = _zip_damage(path)
-            if damage:
-                return result("corrupt", damage)
-            with zipfile.ZipFile(path) as z:
-                pkl = [i for i in z.infolist() if i.filename.endswith("/data.pkl") or i.filename == "data.pkl"]
-                if len(pkl) != 1 or pkl[0].file_size > METADATA_MAX_BYTES:
-                    return None
-                if any("/data/" in i.filename for i in z.infolist()):
-                    return None  # tensor storages: a real state file under a metadata name
-                data = z.read(pkl[0])
-        else:
-            if os.path.getsize(path) > METADATA_MAX_BYTES:
-                return None
-            with open(path, "rb") as f:
-                data = f.read()
-        names = pickle_globals(data)
+        names = metadata_globals(path)
     except ValueError as e:
-        return None if "tensor storage" in str(e) else result("corrupt", f"not a valid pickle stream: {e}")
+        return result("corrupt", f"not a valid pickle stream: {e}")
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         return result("corrupt", f"unreadable: {e}")
+    if names is None:
+        return None
     base = os.path.basename(path)
     shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
     return result("verified", f"{base}: metadata, hash only (a pickle naming {shown or 'no globals'}; "
