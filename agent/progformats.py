@@ -32,12 +32,15 @@ _LOSS_KEYS = ("train_loss", "loss", "train_loss_step", "train/loss")
 
 
 def compile_user(patterns: Optional[Dict[str, str]]) -> Dict[str, Pattern[str]]:
-    """The user's patterns, compiled; BadPattern names the key and the pattern (the laptop checks first)."""
+    """The user's patterns, compiled (the laptop checked them; check_pattern says what is wrong)."""
     out: Dict[str, Pattern[str]] = {}
     for key, text in (patterns or {}).items():
         if key not in USER_KEYS:
             continue  # keys of older specs (tqdm, hf) name built-ins that no longer take patterns
-        out[key] = check_pattern(key, text)
+        try:
+            out[key] = check_pattern(key, text)
+        except BadPattern:
+            continue  # checked on the laptop; one this box's older Python cannot compile falls back to built-ins
     return out
 
 

@@ -131,6 +131,8 @@ def read_helper_progress(status_dir: str) -> Optional[Progress]:
     metrics = dict(d.get("metrics")) if isinstance(d.get("metrics"), dict) else {}
     if isinstance(d.get("last_save_step"), int) and not isinstance(d.get("last_save_step"), bool):
         metrics["last_save_step"] = d["last_save_step"]  # the integrations name each framework save
+    if isinstance(d.get("nonfinite"), list) and "loss" in d["nonfinite"]:
+        metrics["nonfinite_loss"] = "non-finite"  # written as null: nan or inf, the helper does not say which
     if d.get("nonfinite"):
         metrics["_nonfinite"] = list(d["nonfinite"])  # the helper writes NaN/inf as null and names them here
     return Progress(

@@ -148,3 +148,21 @@ def test_a_bad_user_pattern_is_refused_naming_it(key, text, words):
     with pytest.raises(progformats.BadPattern) as e:
         progformats.check_pattern(key, text)
     assert words in str(e.value) and key in str(e.value)
+
+
+def test_a_non_finite_loss_from_the_helper_is_named_for_status(tmp_path):
+    import json
+
+    from rgt.agent.progress import read_helper_progress
+    from rgt.controller.commands.status import progress_line
+
+    (tmp_path / "progress.json").write_text(json.dumps({"step": 7, "loss": None, "nonfinite": ["loss"],
+                                                         "metrics": {}, "updated_at": 1.0}))
+    p = read_helper_progress(str(tmp_path))
+    assert p.metrics["nonfinite_loss"] == "non-finite" and progress_line(p) == "step 7  loss non-finite  (helper)"
+
+
+def test_a_pattern_this_python_cannot_compile_falls_back_to_the_built_ins():
+    lp = LogProgress("/nonexistent", {"step": "(?P<n", "loss": r"obj=(\S+)"})
+    lp.feed("iter 3: loss 1.5000, time 1.00ms, mfu 1.00%", 0.0)
+    assert lp.progress.step == 3 and lp.progress.loss is None  # the user's loss pattern still rules the loss

@@ -27,6 +27,10 @@ def render(rec, obs) -> list:
     c = st.checkpoint
     if c.last_path:
         lines.append(f"  checkpoint {c.last_path} (step {c.last_step})")
+        if c.last_checks and c.last_checks != "verified":
+            from rgt.controller.boundary import box_line
+
+            lines.append("    " + box_line(c.last_checks, 300))
     if c.watch_dirs:
         from rgt.controller.boundary import box_line
 
@@ -69,7 +73,7 @@ def progress_line(p) -> str:
         parts.append(f"epoch {metrics['epoch']} batch {metrics['batch']}")
     if isinstance(p.loss, (int, float)) and not isinstance(p.loss, bool):
         parts.append(f"loss {p.loss:.4g}")
-    elif metrics.get("nonfinite_loss") in ("nan", "inf", "-inf", "+inf", "infinity", "-infinity"):
+    elif metrics.get("nonfinite_loss") in ("nan", "inf", "-inf", "+inf", "infinity", "-infinity", "non-finite"):
         parts.append(f"loss {metrics['nonfinite_loss']}")
     if not parts:
         return ""
