@@ -18,7 +18,8 @@ def ckpt_warnings(records: List[Dict[str, Any]], allow_pickle: bool) -> List[str
             out.append(f"QUARANTINED {path} ({state}: {detail}); moved to {r['quarantined']}")
         elif state == "unverified_pickle":
             out.append(f"UNVERIFIED PICKLE {path}: needs full unpickling; " + (
-                "a resume target (allow_pickle)" if allow_pickle else "not a resume target without --allow-pickle"))
+                "a resume target (allow_pickle)" if allow_pickle
+                else "not a resume target unless started with `rgt up --allow-pickle`"))
         elif state == "unverifiable":
             out.append(f"CANNOT VERIFY {path}: {detail}; not a resume target")
         elif state != "verified":

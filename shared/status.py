@@ -68,6 +68,9 @@ class Checkpoint:
     pruned_count: Optional[int] = None  # checkpoints rgt itself deleted (retention, a full disk)
     last_pruned: Optional[str] = None  # the newest of them: "path (reason)"
     warnings: List[str] = field(default_factory=list)  # every checkpoint that is no resume target, and why
+    # How the newest resumable one was checked: "verified", "verified; hash only (metadata): training_args.bin",
+    # "unverified pickle (resumable: --allow-pickle)"
+    last_checks: Optional[str] = None
 
 
 @dataclass

@@ -31,6 +31,16 @@ def same(rec: Dict[str, Any], fp: Optional[Fingerprint]) -> bool:
                                                 rec.get("file_count"))
 
 
+def checks_line(rec: Dict[str, Any]) -> str:
+    """How a resumable checkpoint was checked, for status: which files only their hash covers."""
+    if rec.get("state") == PICKLE:
+        return "unverified pickle: needs full unpickling; a resume target only because of --allow-pickle"
+    hash_only = rec.get("hash_only") or []
+    if hash_only:
+        return f"verified; hash only (metadata, never unpickled): {', '.join(hash_only[:6])}"
+    return "verified"
+
+
 class RecordBook:
     """Index records by key: the path relative to the checkpoint dir, or the manifest path elsewhere."""
 
@@ -204,6 +214,7 @@ class RecordBook:
             newest = ok[-1]
             cp.last_path, cp.last_step, cp.sha256 = newest["path"], newest.get("step"), newest["sha256"]
             cp.last_verified_at = newest.get("verified_at")
+            cp.last_checks = checks_line(newest)
             cp.age_s = max(0.0, now - newest["mtime_ns"] / 1e9)
         times = [r["mtime_ns"] / 1e9 for r in ok[-6:]]
         if len(times) >= 2:
@@ -232,6 +243,6 @@ class RecordBook:
             return None
         if newest["state"] == PICKLE:
             return (f"UNVERIFIED PICKLE: {newest['path']} needs full unpickling; "
-                    "not a resume target without --allow-pickle")
+                    "not a resume target unless the run was started with `rgt up --allow-pickle`")
         where = f"; moved to {newest['quarantined']}" if newest.get("quarantined") else ""
         return f"newest checkpoint {newest['path']} is {newest['state']}: {newest['detail']}{where}"

@@ -286,10 +286,12 @@ class CheckpointPipeline:
         if state == RESUMABLE:
             return _ev("ckpt_verified", path=path, step=rec["step"], sha256=rec["sha256"],
                        size_bytes=rec["size_bytes"], tensors=rec["tensors"], arrived=rec["arrived"],
-                       durable=(rec["durable"] or {}).get("path"))
+                       durable=(rec["durable"] or {}).get("path"), coverage=rec.get("coverage"),
+                       hash_only=rec.get("hash_only") or [])
         if state == PICKLE:
             target = "it IS a resume target (--allow-pickle)" if self.spec.allow_pickle else (
-                "it is NOT a resume target; pass --allow-pickle only if you trust the code that wrote it")
+                "it is NOT a resume target; start the run with `rgt up --allow-pickle` (or [run] allow_pickle = "
+                "true) only if you trust the code that wrote it")
             return _ev("ckpt_unverified_pickle", path=path, detail=rec["detail"],
                        resume_target=self.spec.allow_pickle,
                        message=f"UNVERIFIED PICKLE: {path} needs full unpickling to load; {target}")

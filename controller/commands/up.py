@@ -39,6 +39,9 @@ def _default_name(command: Tuple[str, ...]) -> str:
 @click.option("--python", default=None, help="Python on the box for the agent (default: probe python3, python).")
 @click.option("--trainer-python", default=None,
               help="The python with torch on the box, to verify checkpoints under (default: the command's python).")
+@click.option("--allow-pickle", is_flag=True, expose_value=False,
+              callback=lambda c, p, v: c.meta.__setitem__("rgt_allow_pickle", True) if v else None,
+              help="Let checkpoints that need full unpickling be resumed from, on the box only (trusted code only).")
 @click.option("--code", "code_dir", default=".", type=click.Path(file_okay=False, exists=True),
               help="Project dir to sync.")
 @click.option("--tick-s", type=float, default=None, help="Agent tick (default 2 s).")
@@ -100,6 +103,8 @@ def cli(app, host, profile, run_id, ckpt_dir, keep_last, ckpt_globs, artifacts, 
            max_restarts=max_restarts, stall_after_s=stall_after_s, start_grace_s=start_grace_s,
            usd_per_hour=usd_per_hour, durable_dir=durable_dir)
     launch.apply_ckpt_options(spec, toml, keep_last, list(ckpt_globs))
+    if click.get_current_context().meta.get("rgt_allow_pickle"):
+        spec.allow_pickle = True  # the box may resume from them; verification still never unpickles
     spec.cells, spec.from_cell = plan, from_cell
     flags = click.get_current_context().meta.get("rgt_progress", {})
     spec.progress_patterns = dict(project.get("progress") or {}, **flags)  # flags win, key by key
