@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence
 _PYTHON = re.compile(r"^python(?:\d+(?:\.\d+)*)?(?:-dbg)?$")
 _SHELLS = ("sh", "bash", "dash", "zsh", "ksh")
 _PASS = ("exec", "nohup", "time", "command", "builtin", "xargs")  # run the rest of argv as it is
+_KEYWORDS = {"if", "then", "else", "elif", "do", "while", "until", "{", "!"}
 _SEPARATORS = {";", "&&", "||", "|", "&", "(", ")", "\n"}
 MAX_SCRIPT_BYTES = 64 * 1024
 PROBE_TORCH = "import importlib.util,sys; sys.exit(0 if importlib.util.find_spec('torch') else 7)"
@@ -66,8 +67,8 @@ class _Finder:
         if self.depth > 8 or not argv:
             return None
         words = list(argv)
-        while words and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]):
-            words.pop(0)  # VAR=value before the command (from a shell line)
+        while words and (re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]) or words[0] in _KEYWORDS):
+            words.pop(0)  # VAR=value before the command, or `then`/`do` in a shell line
         if not words:
             return None
         head = os.path.basename(words[0])

@@ -25,6 +25,7 @@ def venv_bin(trainer_python):
     ["sh", "-c", "cd sub && OMP_NUM_THREADS=2 python train.py --x 1"],
     ["bash", "-lc", "echo start; export A=1; exec python train.py"],
     ["nohup", "nice", "-n", "5", "python", "train.py"],
+    ["bash", "-e", "-c", "set -x\ncd src\nif true; then python -u train.py | tee log.txt; fi"],
     # console scripts: their shebang names the python (the trainer venv's real torchrun and accelerate)
     ["torchrun", "--nproc_per_node=1", "train.py"],
     ["accelerate", "launch", "train.py"],

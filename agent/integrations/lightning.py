@@ -66,7 +66,7 @@ class RgtCallback(Callback):
         self._pending_save: Optional[int] = None
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        """Arm the helper's SIGTERM handler (chains Lightning's) and say the run started."""
+        """Say the run started, with the total steps Lightning estimates."""
         if trainer.is_global_zero:
             helper.report(trainer.global_step, None, "train", total_steps=_total(trainer))
 
