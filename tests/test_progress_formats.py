@@ -166,3 +166,17 @@ def test_a_pattern_this_python_cannot_compile_falls_back_to_the_built_ins():
     lp = LogProgress("/nonexistent", {"step": "(?P<n", "loss": r"obj=(\S+)"})
     lp.feed("iter 3: loss 1.5000, time 1.00ms, mfu 1.00%", 0.0)
     assert lp.progress.step == 3 and lp.progress.loss is None  # the user's loss pattern still rules the loss
+
+
+def test_hf_log_dicts_with_bare_numbers_read_the_same(tmp_path):
+    # transformers 4 printed the same dicts with bare floats; the captured lines, unquoted
+    import re
+
+    lines = [line.split(b"\r")[-1] for line in fixture("hf_trainer").split(b"\n")]
+    quoted = [line for line in lines if line.startswith(b"{'loss': '")]
+    bare = b"\n".join(re.sub(rb"'(-?[\d.e+-]+|nan)'", rb"\1", line) for line in quoted) + b"\n"
+    assert b"'loss': 3." in bare
+    lp_q, _ = follow(tmp_path, b"\n".join(quoted) + b"\n", 1 << 20)
+    lp_b, _ = follow(tmp_path, bare, 1 << 20)
+    assert lp_b.progress.loss == lp_q.progress.loss == 3.899
+    assert lp_b.progress.metrics == lp_q.progress.metrics
