@@ -25,7 +25,7 @@ from rgt.shared.atomic import read_json
 from rgt.shared.journal import Journal, read_journal
 from rgt.shared.paths import RunPaths
 from rgt.shared.spec import RunSpec
-from tests.conftest import require_real, wait_until
+from tests.conftest import require_real, scaled, wait_until
 
 PREFIX = [sys.executable, "-m", "rgt.agent.ckpt.verify"]
 BEST_LOSS = {"best_metric": {"name": "loss", "mode": "min"}}
@@ -55,7 +55,7 @@ class Rig:
     def tick(self) -> None:
         self.events.extend(self.pipe.tick(time.time()))
 
-    def until(self, cond, what: str, timeout_s: float = 90):
+    def until(self, cond, what: str, timeout_s: float = 300):  # one verifier process per checkpoint, in turn
         def step():
             self.tick()
             return cond()
@@ -107,7 +107,7 @@ def test_zero_code_trainer_killed_mid_write_is_never_verified_copied_or_resumed(
     r = rig(durable_dir=durable)
     r.tick()
     trainer = subprocess.run([sys.executable, "-c", ZERO_CODE_TRAINER, r.ckpt], capture_output=True, text=True,
-                             timeout=120)
+                             timeout=scaled(120))
     assert trainer.returncode == -9 and "cut" in trainer.stdout, trainer.stderr
     torch.save({"w": torch.tensor([1.0, float("nan")])}, os.path.join(r.ckpt, "ckpt_0004.pt"))
     r.until(lambda: r.done("ckpt_0001.pt", "ckpt_0002.pt", "ckpt_0003.pt", "ckpt_0004.pt"), "all four checked")
@@ -318,7 +318,7 @@ def test_a_checkpoint_the_trainer_deleted_counts_as_pruned_but_a_vanished_dir_ch
 
 
 def test_an_agent_stopped_mid_verify_records_nothing_and_the_next_agent_verifies(rig):
-    slow = rig(prefix=[sys.executable, "-c", "import time; time.sleep(60)"])
+    slow = rig(prefix=[sys.executable, "-c", "import time; time.sleep(600)"])  # busy until the agent stops
     torch.save({"w": torch.ones(2)}, os.path.join(_mk(slow.ckpt), "a.pt"))
     slow.until(lambda: slow.pipe._proc is not None, "the verifier started")
     slow.pipe.close()

@@ -15,6 +15,7 @@ from rgt.agent import doctor
 from rgt.agent.nvml import Nvml
 from rgt.controller.commands.doctor import cli, parse_report, render_doctor
 from rgt.shared.errors import RgtError
+from tests.conftest import scaled
 from tests.test_nvml import FakeNvml
 
 DMESG_79 = """[    5.1] nvidia: loading out-of-tree module taints kernel.
@@ -33,7 +34,7 @@ def _script(tmp_path, name, body):
 @pytest.fixture(scope="module")
 def cpu_torch_probe():
     """One real probe of this venv's python (torch CPU build): imported once for the module."""
-    return doctor.probe_python(sys.executable, 120.0)
+    return doctor.probe_python(sys.executable, scaled(120.0))
 
 
 def _by_name(results):
@@ -64,7 +65,7 @@ def test_torch_absent_is_a_warning(tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('No module named torch')\n")
     python = _script(tmp_path, "python", f'PYTHONPATH={tmp_path / "site"} exec {sys.executable} "$@"')
-    probe = doctor.probe_python(python, 60.0)
+    probe = doctor.probe_python(python, scaled(60.0))
     assert doctor.check_python(python, probe)["result"] == "PASS"
     result = doctor.check_torch(probe, gpu_count=1, timeout_s=60)
     assert result["result"] == "WARN"

@@ -16,7 +16,7 @@ from rgt.agent import platform_env as pe
 from rgt.controller.envrecipe import apply_recipe, env_recipe
 from rgt.controller.profiles import load_profile
 from rgt.shared.spec import RunSpec
-from tests.conftest import require_real
+from tests.conftest import require_real, scaled
 
 PROJECT = Path(__file__).resolve().parents[1]
 PROXY_NAMES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "no_proxy", "NO_PROXY",
@@ -216,7 +216,7 @@ def test_thread_caps_from_a_real_cgroup_v1_cpu_quota():
             f.write("150000")
         code = "from rgt.agent.platform_env import read_cpu_quota; print(read_cpu_quota())"
         out = subprocess.run(["bash", "-c", 'echo $$ > "$1/cgroup.procs" && exec "$2" -c "$3"', "join", cg,
-                              sys.executable, code], capture_output=True, text=True, timeout=60, check=True)
+                              sys.executable, code], capture_output=True, text=True, timeout=scaled(60), check=True)
         assert out.stdout.strip() == "1.5"
     finally:
         os.rmdir(cg)  # the child has exited, so the group is empty
@@ -232,6 +232,6 @@ def test_platform_env_runs_under_python_3_8_without_the_package(tmp_path):
             "print(json.dumps(m.trainer_env({}, {'proxy': {'source': '/etc/network_turbo'}, 'thread_caps': {}},"
             " root=sys.argv[2], base_env={'PATH': '/usr/bin:/bin'})))")
     out = subprocess.run([found[-1], "-I", "-c", code, str(PROJECT / "agent" / "platform_env.py"), root],
-                         capture_output=True, text=True, timeout=60, check=True)
+                         capture_output=True, text=True, timeout=scaled(60), check=True)
     env = json.loads(out.stdout)
     assert env["https_proxy"] == "http://10.0.0.7:12798" and env["OMP_NUM_THREADS"] == "2"

@@ -12,7 +12,7 @@ import pytest
 
 from rgt.agent import manifest as agent_manifest
 from rgt.shared.manifest import ManifestError
-from tests.conftest import require_real
+from tests.conftest import require_real, scaled
 from tests.fake_providers import add_checkpoint, ckpt_record, finish, make_run, torch_bytes, write_index
 from tests.helpers import python_versions
 
@@ -149,7 +149,7 @@ def test_manifest_command_runs_from_the_archive_under_python_3_8(tmp_path):
     archive, _ = pyz.build(str(tmp_path / "pyz"))
     paths = make_run(tmp_path / "box", "r1", {"out/a.bin": b"a"})
     finish(paths)
-    p = subprocess.run([py, "-I", archive, "manifest", paths.root], capture_output=True, text=True, timeout=60)
+    p = subprocess.run([py, "-I", archive, "manifest", paths.root], capture_output=True, text=True, timeout=scaled(60))
     assert p.returncode == 0, p.stderr
     sha, count, kind = p.stdout.split()
     assert kind == "final" and int(count) >= 4

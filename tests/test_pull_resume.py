@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import scaled, wait_until
 from tests.fake_providers import make_run, register, run_cli
 from tests.helpers import RGT, local_bytes, pull_rsync_of
 
@@ -42,7 +42,7 @@ def test_pull_interrupted_at_half_resumes_and_verifies_exactly(tmp_path, monkeyp
     rsync = wait_until(lambda: pull_rsync_of(proc.pid), 120, what="rsync to start")
     wait_until(lambda: local_bytes(dest) >= total // 2, 120, what="half of the bytes to arrive")
     rsync.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=scaled(120))
     assert proc.returncode == 1, err
     assert "again to resume" in err
     assert not (dest / "PULL_VERIFIED.json").exists()
@@ -71,7 +71,7 @@ def test_pull_retries_by_itself_when_the_far_side_dies(tmp_path):
     wait_until(lambda: local_bytes(dest) >= 15 << 20, 120, what="some bytes to arrive")
     for child in top.children(recursive=True):  # the receiving side vanishes, as with a dropped link
         child.send_signal(signal.SIGKILL)
-    out, err = proc.communicate(timeout=180)
+    out, err = proc.communicate(timeout=scaled(180))
     assert proc.returncode == 0, err
     assert "retry 1/" in err
     assert "every file was hashed again" in err

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import require_real, wait_until
+from tests.conftest import require_real, scaled, wait_until
 from tests.helpers import local_bytes, pull_rsync_of
 from tests.sshbox import RGT
 
@@ -104,7 +104,7 @@ def test_pull_survives_a_link_dropped_mid_transfer(rgt, sshbox, code_dir, tmp_pa
                    what="the stalled rsync to time out")
     finally:
         _nft("delete", "table", "inet", table)
-    out, err = proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=scaled(300))
     assert proc.returncode == 0, err
     assert "retry 1/" in err and "every file was hashed again" in err
     box = Path(sshbox.home, ".rgt", "runs", "sshdrop1", "code", "out")

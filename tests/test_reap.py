@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from rgt.agent import procs
-from tests.conftest import wait_until
+from tests.conftest import scaled, wait_until
 
 HOLDER = "import sys, time\nf = open(sys.argv[1])\nprint('step=1 loss=1', flush=True)\ntime.sleep(120)\n"
 
@@ -35,7 +35,7 @@ def test_reap_lists_only_strangers_holding_the_device_and_kills_only_with_the_ru
     p = env.rgt("reap", *args, "--confirm", "reap1")
     assert p.returncode == 0, p.stderr
     assert f"killed pid {stray.pid}" in p.stderr
-    assert stray.wait(timeout=10) == -9
+    assert stray.wait(timeout=scaled(10)) == -9
     assert procs.is_same_process(trainer["pid"], trainer["start_time"]), "the trainer is untouched"
     assert env.status("reap1")["state"] == "running"
     env.rgt("stop", "reap1", check=True)

@@ -18,7 +18,7 @@ from rgt.shared.atomic import read_json
 from rgt.shared.journal import Journal
 from rgt.shared.paths import RunPaths
 from rgt.shared.spec import RunSpec
-from tests.conftest import wait_until
+from tests.conftest import scaled, wait_until
 
 STEPS = 60
 PREFIX = [sys.executable, "-m", "rgt.agent.ckpt.verify"]
@@ -68,7 +68,8 @@ def uninterrupted(tmp_path_factory):
     """One run straight through, by hand: no RGT_* variables, so the helper saves into ./ckpt."""
     cwd = tmp_path_factory.mktemp("uninterrupted")
     p = subprocess.run([sys.executable, demo.__file__, "--steps", str(STEPS), "--step-sleep-s", "0",
-                        "--save-every", "10"], cwd=cwd, env=plain_env(), capture_output=True, text=True, timeout=180)
+                        "--save-every", "10"], cwd=cwd, env=plain_env(), capture_output=True, text=True,
+                       timeout=scaled(180))
     assert p.returncode == 0, p.stdout + p.stderr
     assert sorted(os.listdir(cwd / "ckpt"))[-1] == f"step_{STEPS:09d}.pt"
     return weights(cwd / "final.pt")
@@ -97,7 +98,7 @@ def test_kill_9_at_half_and_resume_from_the_pipeline_target_gives_bitwise_equal_
     assert 10 <= step <= STEPS // 2
 
     resumed = start(code, dict(agent_env(root), RGT_RESUME_FROM=target), "--step-sleep-s", "0", "--save-every", "10")
-    out, _ = resumed.communicate(timeout=180)
+    out, _ = resumed.communicate(timeout=scaled(180))
     assert resumed.returncode == 0, out
     assert f"resumed from step={step} " in out
     assert bitwise_equal(weights(code / "final.pt"), uninterrupted)
@@ -109,7 +110,7 @@ def test_kill_9_at_half_and_resume_from_the_pipeline_target_gives_bitwise_equal_
 def test_sigterm_saves_exits_143_and_the_identical_command_resumes_bitwise_equal(uninterrupted, tmp_path):
     root, code, proc = start_at_half(tmp_path, "100000")  # the only checkpoint is the one SIGTERM asks for
     proc.send_signal(signal.SIGTERM)
-    rest, _ = proc.communicate(timeout=60)
+    rest, _ = proc.communicate(timeout=scaled(60))
     assert proc.returncode == 143, rest
     saved = [line.split("step=")[1].split(",")[0] for line in rest.splitlines() if line.startswith("SIGTERM: saved")]
     assert saved and int(saved[0]) >= STEPS // 2, rest
@@ -117,7 +118,7 @@ def test_sigterm_saves_exits_143_and_the_identical_command_resumes_bitwise_equal
 
     # The identical command again: load_latest() finds the newest checkpoint by itself.
     again = start(code, agent_env(root), "--step-sleep-s", "0", "--save-every", "100000")
-    out, _ = again.communicate(timeout=180)
+    out, _ = again.communicate(timeout=scaled(180))
     assert again.returncode == 0, out
     assert f"resumed from step={saved[0]} " in out
     assert bitwise_equal(weights(code / "final.pt"), uninterrupted)

@@ -10,7 +10,7 @@ import pytest
 
 from rgt.agent.sentinels.cgroup import cpu_quota, find_dir
 from rgt.agent.sentinels.memory import MemorySentinel, read_memory
-from tests.conftest import require_real, wait_until
+from tests.conftest import require_real, scaled, wait_until
 
 MIB = 1 << 20
 V1_NO_LIMIT = 9223372036854771712
@@ -100,7 +100,7 @@ def test_real_v1_cgroup_usage_limit_and_oom_kill(v1_child_cgroup, tmp_path):
 
         child.stdin.write("200\n")
         child.stdin.flush()
-        assert child.wait(timeout=60) == -9
+        assert child.wait(timeout=scaled(60)) == -9
     finally:
         if child.poll() is None:
             child.kill()

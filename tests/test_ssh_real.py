@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from rgt.controller.transport.ssh import SSHTransport
-from tests.conftest import wait_until
+from tests.conftest import scaled, wait_until
 from tests.sshbox import RGT
 
 # The sshd fixtures (sshbox, rgt, rgt_state); harmless if tests/conftest.py lists it too.
@@ -103,7 +103,7 @@ def test_watch_exits_3_when_the_transport_drops(rgt, sshbox, code_dir):
     last = None
     for line in watcher.stdout:
         last = json.loads(line)
-    assert watcher.wait(timeout=60) == 3
+    assert watcher.wait(timeout=scaled(60)) == 3
     assert last["controller"]["view"] == "unreachable" and last["state"] in ("starting", "running")
     assert "Traceback" not in watcher.stderr.read()
 
@@ -171,7 +171,7 @@ def test_watch_keeps_one_session_and_ends_with_the_run(rgt, sshbox, code_dir):
     last = None
     for line in watcher.stdout:
         last = json.loads(line)
-    assert watcher.wait(timeout=60) == 0
+    assert watcher.wait(timeout=scaled(60)) == 0
     assert last["state"] == "stopped"
     assert sshbox.accepted() == connections
 

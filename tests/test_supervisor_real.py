@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rgt.shared.journal import read_journal
-from tests.conftest import require_real, wait_until
+from tests.conftest import require_real, scaled, wait_until
 from tests.helpers import agent_argv, make_run_dir
 
 ALLOC = """\
@@ -63,7 +63,7 @@ def _daemon(pyz, run, background=False):
     argv = [*agent_argv(pyz), "daemon", str(run)]
     if background:
         return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=scaled(120))
 
 
 def _marker(run: Path):
@@ -159,10 +159,10 @@ def test_kill_9_mid_run_is_crashed_resumed_and_then_succeeds(tmp_path, pyz):
     run = make_run_dir(tmp_path, "k9t", ["python3", "slow.py"], code={"slow.py": SLOW}, tick_s=0.3,
                        backoff_s=0.1)
     agent = _daemon(pyz, run, background=True)
-    wait_until(lambda: _status(run).get("progress", {}).get("step"), 30, what="first step")
+    wait_until(lambda: _status(run).get("progress", {}).get("step"), what="first step")
     rec = json.loads((run / "trainer.json").read_text())
     os.kill(rec["pid"], signal.SIGKILL)
-    agent.wait(timeout=60)
+    agent.wait(timeout=scaled(60))
     name, marker = _marker(run)
     assert name == "DONE", marker
     assert _failures(run) == ["crashed"]
@@ -185,20 +185,25 @@ def test_a_trainer_that_stops_printing_progress_is_stalled_killed_by_group_and_r
 
 def test_sigstop_of_the_trainer_shows_as_a_pause_not_a_stall(tmp_path, pyz):
     run = make_run_dir(tmp_path, "sigstop", ["python3", "slow.py"], code={"slow.py": SLOW}, tick_s=0.3,
-                       stall_after_s=1.0, env={"STEPS": "400", "STEP_SLEEP_S": "0.05"})
+                       stall_after_s=2.0, env={"STEPS": "400", "STEP_SLEEP_S": "0.05"})
     agent = _daemon(pyz, run, background=True)
-    wait_until(lambda: _status(run).get("state") == "running", 30, what="running")
+    wait_until(lambda: _status(run).get("state") == "running", what="running")
     pid = json.loads((run / "trainer.json").read_text())["pid"]
+    stopped_at = time.time()
     os.kill(pid, signal.SIGSTOP)
     try:
-        wait_until(lambda: any(s["name"] == "pause" for s in _status(run).get("sentinels", [])), 10,
+        wait_until(lambda: any(s["name"] == "pause" for s in _status(run).get("sentinels", [])),
                    what="a pause sentinel")
-        time.sleep(2.0)  # longer than stall_after_s: a pause must not count as a stall
+        # A pause longer than stall_after_s must not count as a stall: wait until the agent itself has
+        # ticked that long into the pause (a sleep proves nothing when the agent is starved of CPU).
+        wait_until(lambda: (_status(run).get("updated_at") or 0) > stopped_at + 2 * 2.0,
+                   what="the agent to tick twice stall_after_s into the pause")
+        assert _status(run)["state"] == "running" and _failures(run) == []
     finally:
         os.kill(pid, signal.SIGCONT)
-    wait_until(lambda: not any(s["name"] == "pause" for s in _status(run).get("sentinels", [])), 10,
+    wait_until(lambda: not any(s["name"] == "pause" for s in _status(run).get("sentinels", [])),
                what="the pause to clear")
-    agent.wait(timeout=60)
+    agent.wait(timeout=scaled(60))
     assert _marker(run)[0] == "DONE" and _failures(run) == []
 
 
@@ -214,15 +219,15 @@ def test_cgroup_freezer_on_the_trainer_shows_as_a_pause(tmp_path, pyz):
                        env={"STEPS": "400", "STEP_SLEEP_S": "0.05"})
     agent = _daemon(pyz, run, background=True)
     try:
-        wait_until(lambda: _status(run).get("state") == "running", 30, what="running")
+        wait_until(lambda: _status(run).get("state") == "running", what="running")
         pid = json.loads((run / "trainer.json").read_text())["pid"]
         (cg / "cgroup.procs").write_text(str(pid))
         (cg / "freezer.state").write_text("FROZEN")
-        wait_until(lambda: any(s["name"] == "pause" for s in _status(run).get("sentinels", [])), 10,
+        wait_until(lambda: any(s["name"] == "pause" for s in _status(run).get("sentinels", [])),
                    what="a pause sentinel")
     finally:
         (cg / "freezer.state").write_text("THAWED")
-        agent.wait(timeout=60)
+        agent.wait(timeout=scaled(60))
         for p in (cg / "cgroup.procs").read_text().split():
             Path("/sys/fs/cgroup/freezer/cgroup.procs").write_text(p)
         cg.rmdir()
@@ -233,24 +238,29 @@ def test_a_paused_agent_notices_the_gap_between_ticks(tmp_path, pyz):
     run = make_run_dir(tmp_path, "agentpause", ["python3", "slow.py"], code={"slow.py": SLOW}, tick_s=0.3,
                        env={"STEPS": "60", "STEP_SLEEP_S": "0.05"})
     agent = _daemon(pyz, run, background=True)
-    wait_until(lambda: _status(run).get("state") == "running", 30, what="running")
+    wait_until(lambda: _status(run).get("state") == "running", what="running")
     os.kill(agent.pid, signal.SIGSTOP)
-    time.sleep(2.0)
+    time.sleep(2.0)  # the stimulus itself: the agent is frozen this long (at least; load only adds to it)
     os.kill(agent.pid, signal.SIGCONT)
-    agent.wait(timeout=60)
+    agent.wait(timeout=scaled(60))
     events = [r for r in read_journal(str(run / "events.msgpack")).records if r["kind"] == "preempted"]
     assert events and events[0]["gap_s"] >= 1.5
 
 
 def test_agent_killed_9_is_adopted_on_restart_without_a_second_trainer(tmp_path, pyz):
-    run = make_run_dir(tmp_path, "adopt", ["python3", "slow.py"], code={"slow.py": SLOW + "raise SystemExit(7)\n"},
-                       tick_s=0.3, max_restarts=0, env={"STEPS": "15", "STEP_SLEEP_S": "0.2"})
+    hold = tmp_path / "let-it-end"  # the trainer ends only once the second agent has adopted it
+    code = SLOW + "while not os.path.exists(os.environ['HOLD_FILE']):\n    time.sleep(0.05)\nraise SystemExit(7)\n"
+    run = make_run_dir(tmp_path, "adopt", ["python3", "slow.py"], code={"slow.py": code}, tick_s=0.3,
+                       max_restarts=0, env={"STEPS": "3", "STEP_SLEEP_S": "0.05", "HOLD_FILE": str(hold)})
     agent = _daemon(pyz, run, background=True)
-    wait_until(lambda: _status(run).get("state") == "running", 30, what="running")
+    wait_until(lambda: _status(run).get("state") == "running", what="running")
     os.kill(agent.pid, signal.SIGKILL)
     agent.wait()
-    p = _daemon(pyz, run)
-    assert p.returncode == 0
+    second = _daemon(pyz, run, background=True)
+    wait_until(lambda: any("adopting attempt 1" in r.get("reason", "")
+                           for r in read_journal(str(run / "events.msgpack")).records), what="the adoption")
+    hold.touch()
+    assert second.wait(timeout=scaled(120)) == 0
     name, marker = _marker(run)
     assert name == "FAILED" and marker["exit_code"] == 7
     assert _attempts(run) == 1, "the trainer was adopted, not started twice"
