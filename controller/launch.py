@@ -116,12 +116,12 @@ def sync_code(transport: Transport, code_dir: str, run_dir: str) -> None:
 
 def box_spec(transport: Transport, rec: RunRecord) -> Optional[Dict[str, Any]]:
     """The run's spec.json as the box has it (None when absent); an unreadable one is a one-line error."""
-    raw = transport.read_file(f"{rec.run_dir}/spec.json")
+    raw = transport.read_file(f"{rec.run_dir}/spec.json", max_bytes=4 << 20)  # the box's: bounded
     if raw is None:
         return None
     try:
         spec = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise RgtError(f"{rec.run_dir}/spec.json on {transport.name} is not JSON") from None
     if not isinstance(spec, dict):
         raise RgtError(f"{rec.run_dir}/spec.json on {transport.name} is not a JSON object")

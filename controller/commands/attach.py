@@ -43,7 +43,7 @@ def cli(app, host, run, root, python, port, ssh_config, as_json) -> None:
     obs: Observation = poll(transport, rec)
     if obs.view == "unreachable":
         raise TransportError(obs.error or f"transport unavailable: {host}")
-    spec = launch.box_spec(transport, rec)
+    spec = _typed_spec(launch.box_spec(transport, rec))
     if obs.status is None and spec is None:
         raise BadInput(f"no run {run_id} on {host} under {rec.root} (no status.json, no spec.json); "
                        f"pass --root if the box keeps runs elsewhere")
@@ -54,3 +54,22 @@ def cli(app, host, run, root, python, port, ssh_config, as_json) -> None:
     if as_json:
         app.data({"run_id": rec.run_id, "host": rec.host, "run_dir": rec.run_dir, "view": obs.view})
     app.info(f"attached {run_id} on {host} ({rec.run_dir}): {obs.view}")
+
+
+def _typed_spec(spec):
+    """The box's spec.json fields the registry keeps, each only when it has the right type (else dropped)."""
+    import math
+    import re
+
+    if spec is None:
+        return None
+    out = {}
+    if isinstance(spec.get("profile"), str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", spec["profile"]):
+        out["profile"] = spec["profile"]
+    if isinstance(spec.get("python"), str) and spec["python"].startswith("/") and len(spec["python"]) < 4096 and \
+            not any(ord(c) < 32 or ord(c) == 127 for c in spec["python"]):
+        out["python"] = spec["python"]
+    t = spec.get("created_at")
+    if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and 0 < t < 1e11:
+        out["created_at"] = float(t)
+    return out
