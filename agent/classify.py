@@ -16,8 +16,8 @@ CONFIG_TEXT = re.compile(
 )
 TRACEBACK = re.compile(r"^Traceback \(most recent call last\)")
 # Errors that repeat identically on every launch: python cannot find or parse the program.
-CANT_START = re.compile(r"can't open file .*\[Errno \d+\]|: command not found$|: No such file or directory$|"
-                        r"Permission denied$|^rgt: cannot start ")
+CANT_OPEN = re.compile(r"can't open file .*\[Errno \d+\]|^rgt: cannot start ")  # only ever at start-up
+CANT_START = re.compile(r": command not found$|: No such file or directory$|: Permission denied$")
 EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit))(?::|$)")
 IMPORT_OR_SYNTAX = ("ModuleNotFoundError", "ImportError", "SyntaxError", "IndentationError", "TabError")
 NOT_FOUND_EXIT_CODES = (126, 127)  # the shell's "not executable" and "command not found"
@@ -78,11 +78,13 @@ def _final_exception(tail: List[str]) -> Optional[str]:
 def _deterministic(ev: Evidence) -> Optional[str]:
     """Evidence that this launch would fail the same way every time (config_error), or None."""
     if ev.exit_code in NOT_FOUND_EXIT_CODES and ev.signal is None:
-        line = _last(CANT_START, ev.tail) or next((t.strip() for t in reversed(ev.tail) if t.strip()), "")
+        line = (_last(CANT_OPEN, ev.tail) or _last(CANT_START, ev.tail)
+                or next((t.strip() for t in reversed(ev.tail) if t.strip()), ""))
         what = "not executable" if ev.exit_code == 126 else "command not found"
         return f"exit code {ev.exit_code} ({what}){': ' + line[:300] if line else ''}"
-    line = _last(CANT_START, ev.tail[-20:])
-    if line and ev.runtime_s <= ev.start_grace_s:
+    line = _last(CANT_OPEN, ev.tail[-5:]) or (
+        _last(CANT_START, ev.tail[-20:]) if ev.runtime_s <= ev.start_grace_s else None)
+    if line:
         return f"{_how(ev)} after {ev.runtime_s:.1f}s: {line}"
     exc = _final_exception(ev.tail)
     if exc and exc.split(":")[0].rsplit(".", 1)[-1] in IMPORT_OR_SYNTAX and (

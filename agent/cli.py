@@ -1,4 +1,4 @@
-"""The agent archive's command line on the box: daemon, waiter, stop, status, manifest, doctor, verify-ckpt."""
+"""The agent archive's command line on the box: daemon, waiter, stop, probe, status, manifest, doctor, verify-ckpt."""
 
 from __future__ import annotations
 
@@ -39,6 +39,13 @@ def cmd_stop(a: argparse.Namespace) -> int:
     from . import stop
 
     return stop.main(_paths(a.run_dir), a.reason, a.wait_s)
+
+
+def cmd_probe(a: argparse.Namespace) -> int:
+    """Print who holds the run (agent lock, pid, start time) as JSON."""
+    from . import probe
+
+    return probe.main(_paths(a.run_dir))
 
 
 def cmd_status(a: argparse.Namespace) -> int:
@@ -116,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reason", default="stopped by the user")
     s.add_argument("--wait-s", type=float, default=0.0)
     s.set_defaults(fn=cmd_stop)
+    pr = sub.add_parser("probe", help="who holds the run now: agent lock, pid and start time, as JSON")
+    pr.add_argument("run_dir")
+    pr.set_defaults(fn=cmd_probe)
     st = sub.add_parser("status", help="print status.json")
     st.add_argument("run_dir")
     st.set_defaults(fn=cmd_status)

@@ -168,8 +168,10 @@ def up(registry: Registry, transport: Transport, req: UpRequest) -> RunRecord:
     root = transport.root
     run_dir = f"{root}/runs/{spec.run_id}"
     if transport.exists(f"{run_dir}/spec.json"):
-        raise BadInput(f"run {spec.run_id} already exists on {transport.name}: "
-                       f"pick another --run, or `rgt resume {spec.run_id}`")
+        from .agentprobe import exists_message  # says at once whether an agent holds it now
+
+        there = RunRecord(run_id=spec.run_id, host=req.host, root=root, port=req.port, ssh_config=req.ssh_config)
+        raise BadInput(exists_message(transport, there, req.python or transport.find_python(req.python_candidates)[0]))
     python = req.python or transport.find_python(req.python_candidates)[0]
     spec.python = spec.python or python
     res = transport.run(["mkdir", "-p", f"{run_dir}/code", f"{run_dir}/logs"])
@@ -204,20 +206,23 @@ def up(registry: Registry, transport: Transport, req: UpRequest) -> RunRecord:
 
 
 def resume(transport: Transport, rec: RunRecord, timeout_s: float = 60.0) -> str:
-    """Start the agent again for a run: it adopts a live trainer or resumes; a DONE run is left alone."""
-    obs = poll(transport, rec)
-    if transport.exists(f"{rec.run_dir}/DONE"):
-        return f"run {rec.run_id} is DONE; nothing to resume"
-    if obs.status is not None and obs.view not in ("stale", "failed", "stopped"):
-        return f"run {rec.run_id} is {obs.view} with a live agent; nothing to do"
+    """Start the agent again when none holds the run (the box's lock says, not the heartbeat's age).
+
+    It adopts a live trainer or resumes from the newest verified checkpoint; a DONE run is left alone.
+    """
     python = rec.python or transport.find_python(["python3", "python"])[0]
     archive = ensure_pyz(transport, rec.root)
     from .slurm import info, scheduler_for
 
     sched = scheduler_for(rec.profile)
-    if sched is not None:
+    if sched is not None:  # the agent runs on a compute node: the scheduler's view and the status decide
+        obs = poll(transport, rec)
+        if transport.exists(f"{rec.run_dir}/DONE"):
+            return f"run {rec.run_id} is DONE; nothing to resume"
+        if obs.status is not None and obs.view not in ("stale", "failed", "stopped"):
+            return f"run {rec.run_id} is {obs.view} with a live agent; nothing to do"
         return sched.resume(Registry(), transport, rec, python, archive, timeout_s, info)
+    from .agentprobe import resume as resume_unless_held
+
     secret_names = list((box_spec(transport, rec) or {}).get("secret_names") or [])
-    pid = transport.start_agent(rec.run_dir, python, archive, resume=True, drop_env=secret_names)
-    wait_heartbeat(transport, rec, timeout_s, after_seq=obs.status.seq if obs.status else 0, agent_pid=pid)
-    return f"run {rec.run_id}: agent pid {pid} took over"
+    return resume_unless_held(transport, rec, python, archive, secret_names, timeout_s)
