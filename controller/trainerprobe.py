@@ -58,6 +58,8 @@ def check(app: Any, transport: Any, spec: Any, host: str, python: Optional[str],
     """`rgt up`'s check before anything is copied: the verifying python exists and has torch."""
     from rgt.controller import launch
 
+    if transport.exists(f"{transport.root}/runs/{spec.run_id}/spec.json"):
+        return  # `rgt up` refuses this run id next; a warning about its python would only be noise
     agent_python = python or transport.find_python(candidates)[0]
     archive = launch.ensure_pyz(transport, transport.root)
     doc = json.loads(spec.to_json())
