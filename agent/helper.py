@@ -58,7 +58,6 @@ class Helper:
         self._report_t: Optional[float] = None
         self._report_phase: Optional[str] = None
         self._pending: Optional[Dict[str, Any]] = None
-        self._nan_streak, self._nan_first_step = 0, None  # consecutive report() calls with a non-finite loss
         self._last_report: Optional[Dict[str, Any]] = None
         self._nan_streak, self._nan_first_step = 0, None  # consecutive report() calls with a non-finite loss
         self.saves: List[Dict[str, Any]] = []
@@ -158,10 +157,6 @@ class Helper:
             bad = nonfinite(loss)
             self._nan_first_step = (step if not self._nan_streak else self._nan_first_step) if bad else None
             self._nan_streak = self._nan_streak + 1 if bad else 0
-        if loss is not None:  # counted here, not at the (throttled) write: the agent's NaN policy reads it
-            bad = nonfinite(loss)
-            self._nan_first_step = (step if not self._nan_streak else self._nan_first_step) if bad else None
-            self._nan_streak = self._nan_streak + 1 if bad else 0
         now = self._clock()
         if self._report_t is None or phase != self._report_phase or now - self._report_t >= REPORT_MIN_INTERVAL_S:
             self.flush_report()
@@ -194,7 +189,6 @@ class Helper:
             "loss": plain(p["loss"]), "phase": p["phase"],
             "metrics": {str(k): plain(v) for k, v in p["metrics"].items()},
             "nonfinite": sorted(k for k, v in raw.items() if v is not None and nonfinite(v)),
-            "nonfinite_streak": self._nan_streak, "nonfinite_first_step": self._nan_first_step,
             "nonfinite_streak": self._nan_streak, "nonfinite_first_step": self._nan_first_step,
             "updated_at": p["updated_at"], "save_cost_s": self.cadence.cost_s,
             "cadence_s": self.cadence.current()["interval_s"], "last_save_step": self.last_save.get("step"),
