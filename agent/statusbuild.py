@@ -306,6 +306,8 @@ class StatusBuilder:
             where = "no progress seen yet"
             if p.step is not None:
                 where = f"step {p.step}" + (f" of {p.total_steps}" if p.total_steps else "")
+            elif isinstance(p.loss, float) and p.loss == p.loss:
+                where = f"loss {p.loss:.4g}, no step printed"  # a loss moving is progress too
             return f"training ({where}); watch with `rgt status {rid}`"
         if state == RunState.STARTING:
             return f"starting attempt {st.trainer.attempt}"

@@ -95,3 +95,20 @@ def test_integrations_without_their_framework_fail_clearly(pyz):
                        env=dict(os.environ, RGT_RESUME_FROM="/x/epoch=0-step=10.ckpt"), capture_output=True,
                        text=True, timeout=120)
     assert p.stdout.strip() == "/x/epoch=0-step=10.ckpt"
+
+
+def test_a_trainer_that_prints_only_its_loss_shows_the_loss_and_no_none(env):
+    import sys
+
+    (env.project / "lossonly.py").write_text(
+        "import os, time\n"
+        "for i in range(5):\n"
+        "    print(f'epoch done, loss: {0.5 / (i + 1):.4f}', flush=True)\n"
+        "while not os.path.exists('release'):\n"
+        "    time.sleep(0.1)\n")
+    env.rgt("up", "local", "--run", "lossonly", "--tick-s", "0.5", "--", sys.executable, "lossonly.py", check=True)
+    data, text = _live(env, "lossonly", lambda p: p.get("loss") == 0.1)
+    assert data["progress"]["step"] is None
+    assert "  loss 0.1  (log)" in text and "None" not in text
+    assert "no progress seen yet" not in data["next_action"] and "loss 0.1" in data["next_action"]
+    _release(env, "lossonly")
