@@ -25,12 +25,11 @@ def render(rec, obs) -> list:
     if progress:
         lines.append(f"  {progress}")
     c = st.checkpoint
-    if c.last_path:
-        lines.append(f"  checkpoint {c.last_path} (step {c.last_step})")
-        if c.last_checks and c.last_checks != "verified":
-            from rgt.controller.boundary import box_line
+    lines += checkpoint_lines(c)
+    if c.last_path and c.last_checks and c.last_checks != "verified":
+        from rgt.controller.boundary import box_line
 
-            lines.append("    " + box_line(c.last_checks, 300))
+        lines.append("    " + box_line(c.last_checks, 300))
     if c.watch_dirs:
         from rgt.controller.boundary import box_line
 
@@ -52,6 +51,24 @@ def render(rec, obs) -> list:
         lines += ["  " + x for x in render_health(shown(obs.raw), color=sys.stdout.isatty())]
     if st.next_action:
         lines.append(f"  next: {st.next_action}")
+    return lines
+
+
+def checkpoint_lines(c) -> list:
+    """The newest verified checkpoint, the resume target, and a loud line for each one that is no target."""
+    from rgt.controller.boundary import box_line
+
+    warnings = [w for w in (getattr(c, "warnings", None) or []) if isinstance(w, str)]
+    if not warnings and isinstance(c.warning, str):
+        warnings = [c.warning]
+    lines = []
+    if c.last_path or c.resume_from:
+        newest = f"{box_line(c.last_path, 300)} (step {c.last_step})" if c.last_path else "none"
+        target = box_line(c.resume_from, 300) if c.resume_from else "none (a restart starts from scratch)"
+        lines.append(f"  checkpoint: newest verified {newest}; resume target {target}")
+    elif warnings:
+        lines.append("  checkpoint: none verified; no resume target")
+    lines += [f"  WARNING checkpoint {box_line(w, 400)}" for w in warnings[:8]]
     return lines
 
 
