@@ -16,7 +16,7 @@ METADATA_MAX_BYTES = 64 << 20
 
 
 def numpy_safe_globals() -> List[Any]:
-    """The numpy array and dtype rebuilders: they allocate arrays and set dtypes, never call user code.
+    """The numpy array, scalar and dtype rebuilders: they allocate and set dtypes, never call user code.
 
     An object array's items are still unpickled by torch's weights-only loader. [] without numpy.
     """
@@ -29,7 +29,9 @@ def numpy_safe_globals() -> List[Any]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                out.append(importlib.import_module(name)._reconstruct)
+                multiarray = importlib.import_module(name)
+            # _reconstruct allocates an ndarray; scalar builds a numpy scalar from a dtype and raw bytes
+            out += [multiarray._reconstruct, multiarray.scalar]
             break
         except (ImportError, AttributeError):
             continue

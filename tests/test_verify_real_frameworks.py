@@ -152,3 +152,17 @@ def test_pickle_globals_reads_names_without_running_and_refuses_a_cut_stream(tmp
         z.writestr("archive/data/0", b"\0" * 8)
     r = verify_path(str(tmp_path / "z.bin"))
     assert r["kind"] in ("unverified_pickle", "corrupt") and not (tmp_path / "x").exists()
+
+
+def test_numpy_arrays_and_scalars_load_under_the_allowlist_but_numpy_callables_do_not(tmp_path):
+    torch.save({"w": torch.ones(2), "best_loss": np.float64(0.5), "seen": np.arange(4)}, tmp_path / "np.pt")
+    r = verify_path(str(tmp_path / "np.pt"))
+    assert r["kind"] == "verified" and r["how"] == "weights_only with the numpy allowlist"
+
+    class Loader:
+        def __reduce__(self):
+            return np.load, (str(tmp_path / "x.npy"),)
+
+    torch.save({"w": torch.ones(2), "x": Loader()}, tmp_path / "npcall.pt")
+    r = verify_path(str(tmp_path / "npcall.pt"))
+    assert r["kind"] == "unverified_pickle" and "numpy" in r["detail"] and "load" in r["detail"]
