@@ -112,3 +112,18 @@ def test_a_trainer_that_prints_only_its_loss_shows_the_loss_and_no_none(env):
     assert "  loss 0.1  (log)" in text and "None" not in text
     assert "no progress seen yet" not in data["next_action"] and "loss 0.1" in data["next_action"]
     _release(env, "lossonly")
+
+
+def test_the_integrations_import_from_the_archive_and_name_the_resume_target(pyz, trainer_python, tmp_path):
+    ckpt = tmp_path / "out" / "checkpoint-6"
+    ckpt.mkdir(parents=True)
+    (ckpt / "model.safetensors").write_bytes(b"x")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "from rgt.agent.integrations.hf import rgt_resume_from; "
+            "from rgt.agent.integrations.lightning import RgtCallback, rgt_ckpt_path; "
+            "import lightning.pytorch as pl; assert issubclass(RgtCallback, pl.Callback); "
+            "print(rgt_resume_from()); print(rgt_ckpt_path())")
+    p = subprocess.run([trainer_python, "-I", "-c", code, pyz], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, RGT_RESUME_FROM=str(ckpt / "model.safetensors")))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == [str(ckpt), str(ckpt / "model.safetensors")]
