@@ -187,7 +187,7 @@ def _check(value: Any, hint: Any, where: str) -> Optional[str]:
     return None
 
 
-def _check_object(value: Any, kind: Any, where: str) -> Optional[str]:
+def _check_object(value: Any, kind: Any, where: str, require: bool = True) -> Optional[str]:
     if not isinstance(value, dict):
         return f"{where} (expected an object, got {_type_name(value)})"
     hints = typing.get_type_hints(kind)
@@ -196,7 +196,7 @@ def _check_object(value: Any, kind: Any, where: str) -> Optional[str]:
         prefix = f"{where}.{key}" if where else key
         if key not in value:
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            if required:
+            if required and require:
                 return f"{prefix} (missing)"
             continue
         bad = _check(value[key], hints[f.name], prefix)
@@ -234,7 +234,7 @@ def stored_status(d: Any) -> Optional[Dict[str, Any]]:
         _bounds(d, "status")
     except BoxDataError:
         return None
-    return None if _check_object(d, Status, "") else d
+    return None if _check_object(d, Status, "", require=False) else d  # what is there must be well-typed
 
 
 def shown(obj: Any) -> Any:
