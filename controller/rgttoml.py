@@ -15,7 +15,7 @@ RUN_KEYS = {
     "tick_s": (int, float), "stall_after_s": (int, float), "start_grace_s": (int, float), "run": str,
     "completion_files": list, "trainer_python": str, "durable_dir": str, "gpus": list, "share_gpu": bool,
     "min_free_gb": (int, float), "keep_last": int, "usd_per_hour": (int, float), "allow_pickle": bool,
-    "ckpt_globs": list,
+    "ckpt_globs": list, "nan_after": int,
 }
 
 

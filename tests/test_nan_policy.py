@@ -114,3 +114,17 @@ def test_the_helper_s_own_count_of_nan_reports_trips_the_policy(tmp_path, pyz):
     assert failed["failure"]["class"] == "nan", failed
     assert "from step 150 (helper" in failed["failure"]["evidence"]
     assert "stopped by the agent" in failed["failure"]["evidence"], "stopped long before step 2000"
+
+
+def test_nan_after_comes_from_the_flag_over_rgt_toml_over_the_default(env):
+    def dry(*args):
+        p = env.rgt("up", "local", "--dry-run", *args, "--", "python3", "train.py")
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)["spec"]["nan_after"]
+
+    assert dry() == 3
+    (env.project / "rgt.toml").write_text("[run]\nnan_after = 7\n")
+    assert dry() == 7
+    assert dry("--nan-after", "2") == 2
+    bad = env.rgt("up", "local", "--dry-run", "--nan-after", "0", "--", "python3", "train.py")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

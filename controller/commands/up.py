@@ -47,6 +47,9 @@ def _default_name(command: Tuple[str, ...]) -> str:
 @click.option("--tick-s", type=float, default=None, help="Agent tick (default 2 s).")
 @click.option("--max-restarts", type=int, default=None)
 @click.option("--stall-after-s", type=float, default=None)
+@click.option("--nan-after", type=click.IntRange(min=1), default=None, expose_value=False,
+              callback=lambda c, p, v: c.meta.__setitem__("rgt_nan_after", v) if v is not None else None,
+              help="End the attempt as `nan` after this many consecutive non-finite losses (default 3).")
 @click.option("--start-grace-s", type=float, default=None)
 @click.option("--usd-per-hour", type=float, default=None)
 @click.option("--heartbeat-timeout-s", type=float, default=60.0, show_default=True)
@@ -103,6 +106,9 @@ def cli(app, host, profile, run_id, ckpt_dir, keep_last, ckpt_globs, artifacts, 
            max_restarts=max_restarts, stall_after_s=stall_after_s, start_grace_s=start_grace_s,
            usd_per_hour=usd_per_hour, durable_dir=durable_dir)
     launch.apply_ckpt_options(spec, toml, keep_last, list(ckpt_globs))
+    nan_after = click.get_current_context().meta.get("rgt_nan_after", toml.get("nan_after"))
+    if nan_after is not None:
+        spec.nan_after = nan_after
     if click.get_current_context().meta.get("rgt_allow_pickle"):
         spec.allow_pickle = True  # the box may resume from them; verification still never unpickles
     spec.cells, spec.from_cell = plan, from_cell
