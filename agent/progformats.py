@@ -22,7 +22,9 @@ _BAR = re.compile(r"^\s*(?:(?P<desc>[^|\r\n]*?):?\s+)??(?:\d+%)?\|[^|]*\|\s*(?P<
                   r"\[(?P<rest>[^\]]*)\]")
 _POSTFIX = re.compile(r"([A-Za-z_][\w/.-]*)=(" + NUM + r")(?=[,\s]|$)", re.I)
 _EPOCH_DESC = re.compile(r"^Epoch (\d+)(?:/\d+)?$")
-_TRAIN_DESC = re.compile(r"^(?:train|training|steps?|iterations?)$", re.I)
+_TRAIN_DESC = re.compile(r"\b(?:train\w*|steps?|iter\w*)\b", re.I)
+_OTHER_DESC = re.compile(r"eval|valid|test|sanity|predict|writ|sav|load|download|upload|map|token|shard|filter|"
+                         r"generat|\.\w+$", re.I)
 _NANOGPT = re.compile(r"^iter (\d+): loss (" + NUM + r")", re.I)
 _EPOCH_STEP = re.compile(r"\bEpoch\s*\[\s*(\d+)\s*/\s*(\d+)\s*\].*?\bStep\s*\[\s*(\d+)\s*/\s*(\d+)\s*\]"
                          r"(?:.*?\bLoss\s*[:=]?\s*(" + NUM + r"))?", re.I)
@@ -194,7 +196,8 @@ def _bar(bar: Any, lock: BarLock, state: Dict[str, Any], out: Parsed) -> None:
     desc = (bar.group("desc") or "").strip()
     n, total = int(bar.group("n")), bar.group("total")
     epoch = _EPOCH_DESC.match(desc)
-    kind = "epoch" if epoch else "plain" if not desc else "train" if _TRAIN_DESC.match(desc) else None
+    kind = "epoch" if epoch else "plain" if not desc else (
+        "train" if _TRAIN_DESC.search(desc) and not _OTHER_DESC.search(desc) else None)
     if kind is None or not lock.accept(kind, n, total):
         return  # saving, evaluating, downloading, sanity checking, map: not the training bar
     postfix = dict(_POSTFIX.findall(bar.group("rest")))

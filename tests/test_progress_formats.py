@@ -180,3 +180,14 @@ def test_hf_log_dicts_with_bare_numbers_read_the_same(tmp_path):
     lp_b, _ = follow(tmp_path, bare, 1 << 20)
     assert lp_b.progress.loss == lp_q.progress.loss == 3.899
     assert lp_b.progress.metrics == lp_q.progress.metrics
+
+
+@pytest.mark.parametrize(("desc", "moves"), [
+    ("Training", True), ("train", True), ("Steps", True), ("Training epoch 3", True), ("iteration", True),
+    ("Validation DataLoader 0", False), ("Writing model shards", False), ("Map", False),
+    ("Saving train state", False), ("model.safetensors", False), ("Evaluating", False), ("Tokenizing", False),
+])
+def test_a_bars_description_says_whether_it_is_the_training_bar(desc, moves):
+    lp = LogProgress("/nonexistent")
+    lp.feed(f"{desc}:  50%|#####     | 5/10 [00:01<00:01,  5.00it/s]", 0.0)
+    assert (lp.progress.step == 5) is moves
