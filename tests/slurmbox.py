@@ -151,7 +151,7 @@ class SlurmBox:
         subprocess.run(["runuser", "-u", "munge", "--", _which("munged"), f"--socket={self.socket}",
                         f"--key-file={key}", f"--pid-file={m / 'munged.pid'}", f"--log-file={m / 'munged.log'}",
                         f"--seed-file={m / 'munged.seed'}"], check=True, capture_output=True, env=_clean_env(),
-                       timeout=30)
+                       timeout=scaled(60))
 
     def _write_conf(self) -> None:
         d = self.dir
@@ -185,7 +185,7 @@ class SlurmBox:
         for name in ("slurm.conf", "gres.conf", "cgroup.conf"):
             os.chmod(d / name, 0o644)
 
-    def start(self, timeout_s: float = 30.0) -> None:
+    def start(self, timeout_s: float = 120.0) -> None:
         """munged, slurmctld and slurmd; returns once the node is idle. RuntimeError with the logs if not."""
         if socket.gethostbyname(self.node) not in ("127.0.0.1", "127.0.1.1"):
             raise RuntimeError(f"hostname {self.node} does not resolve to this machine")
@@ -194,8 +194,8 @@ class SlurmBox:
         self.started = True
         for argv in ([_which("slurmctld"), "-f", str(self.conf)], [_which("slurmd"), "-f", str(self.conf), "-N",
                                                                     self.node]):
-            subprocess.run(argv, check=True, capture_output=True, env=self.env, timeout=60)
-        deadline = time.monotonic() + timeout_s
+            subprocess.run(argv, check=True, capture_output=True, env=self.env, timeout=scaled(120))
+        deadline = time.monotonic() + scaled(timeout_s)
         while time.monotonic() < deadline:
             state = self.run("sinfo", "-h", "-n", self.node, "-o", "%t").stdout.strip()
             if state == "idle":
@@ -216,7 +216,8 @@ class SlurmBox:
     # -- use ------------------------------------------------------------------------------------------
     def run(self, *argv: str, check: bool = False) -> subprocess.CompletedProcess:
         """A Slurm client command as root against this cluster."""
-        return subprocess.run(list(argv), capture_output=True, text=True, env=self.env, timeout=60, check=check)
+        return subprocess.run(list(argv), capture_output=True, text=True, env=self.env, timeout=scaled(120),
+                              check=check)
 
     def job_state(self, job_id: str) -> Optional[str]:
         """JobState from scontrol, None when unknown."""
@@ -297,7 +298,7 @@ def torch_python(base: Path, user: Optional[str], box_python: str) -> Optional[s
     argv = [python, "-c", "import torch"]
     if user is not None:
         argv = ["runuser", "-u", user, "--", *argv]
-    ok = subprocess.run(argv, capture_output=True, check=False, timeout=120).returncode == 0
+    ok = subprocess.run(argv, capture_output=True, check=False, timeout=scaled(120)).returncode == 0
     return python if ok else None
 
 

@@ -26,6 +26,8 @@ from typing import List, Optional
 
 import psutil
 
+from tests.conftest import scaled
+
 SSHD = "/usr/sbin/sshd"
 TEST_USER = "rgt-sshtest"
 RGT = str(Path(sys.executable).parent / "rgt")  # the console script of this venv
@@ -66,7 +68,7 @@ def _can_run(user: Optional[str], python: str) -> bool:
     if user is not None:
         argv = ["runuser", "-u", user, "--", *argv]
     try:
-        return subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode == 0
+        return subprocess.run(argv, capture_output=True, timeout=scaled(60), check=False).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -184,10 +186,10 @@ class SSHBox:
         out = subprocess.run(
             ["setsid", "sh", "-c", '"$0" -D -e -f "$1" >>"$2" 2>&1 </dev/null & echo $!',
              SSHD, str(self.sshd_config), str(self.log)],
-            env=env, capture_output=True, check=True, timeout=30)
+            env=env, capture_output=True, check=True, timeout=scaled(60))
         self._pid = int(out.stdout.split()[-1])
         self._pid_started = psutil.Process(self._pid).create_time()
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + scaled(120)
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:

@@ -95,12 +95,12 @@ def test_pull_survives_a_link_dropped_mid_transfer(rgt, sshbox, code_dir, tmp_pa
                             stderr=subprocess.PIPE, text=True)
     dest = tmp_path / "rgt-pulls" / "sshdrop1"
     try:
-        first = wait_until(lambda: pull_rsync_of(proc.pid), 60, what="rsync to start")
-        wait_until(lambda: dest.exists() and local_bytes(dest) > 12 << 20, 60, what="12 MB to arrive")
+        first = wait_until(lambda: pull_rsync_of(proc.pid), 120, what="rsync to start")
+        wait_until(lambda: dest.exists() and local_bytes(dest) > 12 << 20, 120, what="12 MB to arrive")
         _nft("add", "table", "inet", table)
         _nft("add", "chain", "inet", table, "input", "{ type filter hook input priority 0 ; }")
         _nft("add", "rule", "inet", table, "input", "tcp", "dport", str(sshbox.port), "drop")
-        wait_until(lambda: not first.is_running() or first.status() == psutil.STATUS_ZOMBIE, 60,
+        wait_until(lambda: not first.is_running() or first.status() == psutil.STATUS_ZOMBIE, 120,
                    what="the stalled rsync to time out")
     finally:
         _nft("delete", "table", "inet", table)

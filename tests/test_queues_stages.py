@@ -13,7 +13,7 @@ from tests.conftest import wait_until
 
 
 def _marker(env, run_id):
-    name = wait_until(lambda: env.marker(run_id), 60, what="marker")
+    name = wait_until(lambda: env.marker(run_id), 120, what="marker")
     return name, json.loads((env.run_dir(run_id) / name).read_text())
 
 
@@ -163,7 +163,7 @@ def test_failure_webhook_is_delivered_with_class_and_remediation(env):
         env.rgt("up", "local", "--run", "hook1", "--", "python3", "train.py", check=True,
                 extra_env=_notify_project(env, port))
         assert env.rgt("wait", "hook1").returncode == 5
-        wait_until(lambda: any(p["event"] == "failed" for p in _Hook.received), 30, what="the failed webhook")
+        wait_until(lambda: any(p["event"] == "failed" for p in _Hook.received), 120, what="the failed webhook")
     finally:
         server.shutdown()
     failed = next(p for p in _Hook.received if p["event"] == "failed")
@@ -178,7 +178,7 @@ def test_webhook_down_leaves_the_run_unaffected_and_delivers_once_back(env):
     assert env.rgt("wait", "hook2").returncode == 5, "the run ends on time with the webhook down"
     server = _serve(port)
     try:
-        wait_until(lambda: any(p["event"] == "failed" for p in _Hook.received), 30, what="delayed delivery")
+        wait_until(lambda: any(p["event"] == "failed" for p in _Hook.received), 120, what="delayed delivery")
     finally:
         server.shutdown()
     assert sum(p["event"] == "failed" for p in _Hook.received) == 1
@@ -207,7 +207,7 @@ def test_a_malformed_webhook_url_never_reaches_logs_and_the_run_still_ends(env):
     env.rgt("up", "local", "--run", "hook3", "--", "python3", "train.py", check=True,
             extra_env={"HOOK_URL": f"ntfy.sh:{token}/x", "STEPS": "1"})
     assert env.rgt("wait", "hook3").returncode == 0
-    wait_until(lambda: "not delivered" in (env.run_dir("hook3") / "logs" / "agent.log").read_text(), 30,
+    wait_until(lambda: "not delivered" in (env.run_dir("hook3") / "logs" / "agent.log").read_text(), 120,
                what="a failed delivery logged")
     for path in env.run_dir("hook3").rglob("*"):
         if path.is_file() and path.name != "secrets.env":

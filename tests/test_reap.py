@@ -17,7 +17,7 @@ def test_reap_lists_only_strangers_holding_the_device_and_kills_only_with_the_ru
     (env.project / "hold.py").write_text(HOLDER)
     env.rgt("up", "local", "--run", "reap1", "--tick-s", "0.3", "--", "python3", "hold.py", str(dev / "nvidia0"),
             check=True)
-    wait_until(lambda: env.status("reap1").get("progress", {}).get("step") == 1, 30, what="trainer holds the device")
+    wait_until(lambda: env.status("reap1").get("progress", {}).get("step") == 1, 120, what="trainer holds the device")
     trainer = env.status("reap1")["trainer"]
     stray = subprocess.Popen([sys.executable, "-c", HOLDER, str(dev / "nvidia0")], stdout=subprocess.PIPE)
     stray.stdout.readline()

@@ -30,7 +30,7 @@ def test_status_spend_is_the_rate_times_the_time_since_the_spec_was_made(env):
     before = time.time()
     env.rgt("up", "local", "--run", "paid", "--usd-per-hour", "36", "--", "python3", "train.py", check=True,
             extra_env={"STEPS": "3", "STEP_SLEEP_S": "0.1"})
-    wait_until(lambda: env.marker("paid"), timeout_s=60, what="the run to end")
+    wait_until(lambda: env.marker("paid"), timeout_s=120, what="the run to end")
     after = time.time()
     cost = env.status("paid")["cost"]
     assert cost["usd_per_hour"] == 36

@@ -103,7 +103,7 @@ def _leak_drill(rgt: Callable[..., object], host: str, run_dir_of: Callable[[str
         scanner.scan()
         return any(canary.encode() in argv for _, argv in scanner.hits)
 
-    wait_until(canary_seen, timeout_s=10, what="the argv scanner to see a canary process's argv")
+    wait_until(canary_seen, timeout_s=120, what="the argv scanner to see a canary process's argv")
     probe.kill()
     probe.wait()
     scanner.hits.clear()
@@ -129,7 +129,7 @@ def _leak_drill(rgt: Callable[..., object], host: str, run_dir_of: Callable[[str
              "--start-grace-s", "0", "--", python, "train.py")
         run_dir = run_dir_of(run_id)
         seen1 = wait_until(lambda: (run_dir / "code" / "seen.1").exists() and (run_dir / "code" / "seen.1").read_text(),
-                           timeout_s=60, what="attempt 1 to record its token")
+                           timeout_s=120, what="attempt 1 to record its token")
         assert seen1 == _sha(tok1)  # it reached the trainer
         secrets_env = run_dir / "secrets.env"
         assert stat.S_IMODE(secrets_env.stat().st_mode) == 0o600

@@ -58,7 +58,7 @@ def v1_child_cgroup(request):
     except OSError as e:
         require_real(False, f"cannot create a memory cgroup: {e}")
     yield path, f"{rel}/{name}"
-    wait_until(lambda: not _read(os.path.join(path, "cgroup.procs")).strip(), 10, what="cgroup empty")
+    wait_until(lambda: not _read(os.path.join(path, "cgroup.procs")).strip(), 120, what="cgroup empty")
     os.rmdir(path)
 
 

@@ -114,7 +114,7 @@ def test_a_pending_job_without_status_is_not_an_error_and_stop_cancels_it(slurm,
     # Both fake GPUs taken: our one-GPU job has to wait (Reason=Resources).
     blocker = slurm.box.run("sbatch", "--parsable", "--gres=gpu:2", "-o", "/dev/null", "--wrap", "sleep 600")
     assert blocker.returncode == 0, blocker.stderr
-    wait_until(lambda: slurm.box.job_state(blocker.stdout.strip()) == "RUNNING", 60, 0.2, "the blocker job to run")
+    wait_until(lambda: slurm.box.job_state(blocker.stdout.strip()) == "RUNNING", 120, 0.2, "the blocker job to run")
     code = project(tmp_path, "gpus = 1\n")
     rgt = rgt_runner(slurm.login, state_dir)
     up = rgt("up", "--profile", "slurm", slurm.login.alias, "--run", "slurm-p", "--code", str(code), "--",
@@ -139,16 +139,17 @@ def test_a_pending_job_without_status_is_not_an_error_and_stop_cancels_it(slurm,
 
 
 def test_usr1_before_the_walltime_reaches_the_trainer_as_a_save_request(slurm, torch_py, state_dir, tmp_path):
-    # A one-minute walltime: the lead (120 s, nothing measured yet) is due at once, so USR1 comes early.
-    code = project(tmp_path, 'time = "1"\n')
+    # A two-minute walltime: the lead (120 s, nothing measured yet) is due at once, so USR1 comes early,
+    # and the trainer still has two minutes to start on a busy machine and save before Slurm ends the job.
+    code = project(tmp_path, 'time = "2"\n')
     rgt = rgt_runner(slurm.login, state_dir)
     up = rgt("up", "--profile", "slurm", slurm.login.alias, "--run", "slurm-u", "--code", str(code), "--",
              torch_py, "train.py", "--steps", "5000", "--sleep", "0.1", "--save-every", "1000")
     assert up.returncode == 0, up.stderr
     sbatch = json.loads((Path(state_dir) / "runs" / "slurm-u.json").read_text())["extra"]["slurm"]["sbatch"]
-    assert "--signal=B:USR1@120" in sbatch and "--time=1" in sbatch and "--requeue" in sbatch
+    assert "--signal=B:USR1@120" in sbatch and "--time=2" in sbatch and "--requeue" in sbatch
 
-    text = wait_until(lambda: "SIGUSR1: saved step=" in log(slurm, "slurm-u") and log(slurm, "slurm-u"), 90, 0.2,
+    text = wait_until(lambda: "SIGUSR1: saved step=" in log(slurm, "slurm-u") and log(slurm, "slurm-u"), 120, 0.2,
                       "the trainer to save on the agent's SIGUSR1")
     step = int(text.split("SIGUSR1: saved step=")[1].split()[0])
     assert (run_dir(slurm, "slurm-u") / "ckpt" / f"step_{step}.pt").exists()

@@ -120,4 +120,4 @@ def test_catches_tells_a_process_with_a_usr1_handler_from_one_that_would_die_of_
         plain.kill()
         handler.wait()
         plain.wait()
-    wait_until(lambda: procs.catches(plain.pid, signal.SIGUSR1) is None, 10, what="the process to be gone")
+    wait_until(lambda: procs.catches(plain.pid, signal.SIGUSR1) is None, 120, what="the process to be gone")

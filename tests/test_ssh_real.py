@@ -56,7 +56,7 @@ def _step(rgt, run_id):
 
 def _wait_step_above(rgt, run_id, floor):
     return wait_until(lambda: (_step(rgt, run_id) or 0) > floor and _step(rgt, run_id),
-                      timeout_s=60, what=f"{run_id} running past step {floor}")
+                      timeout_s=120, what=f"{run_id} running past step {floor}")
 
 
 def _transport(sshbox, rgt) -> SSHTransport:
@@ -86,7 +86,7 @@ def test_frozen_agent_reads_as_not_responding(rgt, sshbox, code_dir):
     assert agent in sshbox.box_processes()  # a pid we track, not a guess
     agent.suspend()
     try:
-        wait_until(lambda: _status(rgt, "frozen1")[1]["controller"]["view"] == "stale", timeout_s=30,
+        wait_until(lambda: _status(rgt, "frozen1")[1]["controller"]["view"] == "stale", timeout_s=120,
                    what="the status to go stale")
         res = rgt("status", "frozen1")
         assert res.returncode == 0 and "agent not responding" in res.stdout

@@ -135,7 +135,7 @@ def test_a_lost_host_shows_its_cells_unreachable_and_reassign_resumes_them_from_
     new_run = hosts.a.home / ".rgt" / "runs" / "lost-2-r1"
     text = wait_until(lambda: (new_run / "logs" / "trainer.log").exists()
                       and "resumed from step=" in (new_run / "logs" / "trainer.log").read_text()
-                      and (new_run / "logs" / "trainer.log").read_text(), 60, 0.2, "the rerun to resume")
+                      and (new_run / "logs" / "trainer.log").read_text(), 120, 0.2, "the rerun to resume")
     assert int(text.split("resumed from step=")[1].split()[0]) == pulled_steps[-1]
     cells = table(rgt, "lost")
     assert cells[1]["run_id"] == "lost-2-r1" and cells[1]["host"] == hosts.a.alias

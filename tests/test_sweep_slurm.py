@@ -43,4 +43,4 @@ def test_a_sweep_on_slurm_runs_one_job_per_cell_and_pulls_them_all(slurm, torch_
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
     for i, lr in ((1, 0.1), (2, 0.2)):
         assert json.loads((tmp_path / "pulls" / f"js-{i}" / "code" / "result.json").read_text())["lr"] == lr
-    wait_until(lambda: all(slurm.box.job_state(j) == "COMPLETED" for j in jobs), 60, 0.2, "both jobs to complete")
+    wait_until(lambda: all(slurm.box.job_state(j) == "COMPLETED" for j in jobs), 120, 0.2, "both jobs to complete")
