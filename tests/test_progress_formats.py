@@ -191,3 +191,20 @@ def test_a_bars_description_says_whether_it_is_the_training_bar(desc, moves):
     lp = LogProgress("/nonexistent")
     lp.feed(f"{desc}:  50%|#####     | 5/10 [00:01<00:01,  5.00it/s]", 0.0)
     assert (lp.progress.step == 5) is moves
+
+
+def test_the_agent_reads_the_formats_under_python_3_8_from_the_archive(pyz, tmp_path):
+    import subprocess
+
+    from tests.conftest import require_real
+    from tests.helpers import python_versions
+
+    py38 = python_versions().get("3.8")
+    require_real(py38 is not None, "no CPython 3.8 (pyenv) on this machine")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from rgt.agent.progress import LogProgress; "
+            "lp = LogProgress(sys.argv[2]); lp.poll(0.0); p = lp.progress; print(p.step, p.total_steps, p.loss)")
+    for name in ("hf_trainer", "lightning_tqdm"):
+        out = subprocess.run([py38, "-I", "-c", code, pyz, os.path.join(FIXTURES, name + ".log")],
+                             capture_output=True, text=True, timeout=120)
+        step, total, loss, _ = TABLE[name]
+        assert out.stdout.split() == [str(step), str(total), str(loss)], out.stderr
