@@ -96,13 +96,13 @@ def artifact_base(paths: RunPaths, spec: RunSpec, pattern: str) -> str:
             pattern = roots[0].path + pattern[len(var):]
     parts = pattern.replace("\\", "/").split("/")
     if ".." in parts:
-        raise ManifestError(f"artifact glob {pattern!r} must not use '..'")
+        raise ManifestError(f"artifact glob {pattern!r} must stay inside the run's code/ dir (no '..')")
     if not os.path.isabs(pattern):
         return os.path.join(paths.code, pattern)
-    dirs = [r.path for r in roots] + [os.path.normpath(paths.root)]
+    dirs = [r.path for r in roots]  # never the run dir itself: secrets.env lives there
     if not any(pattern.startswith(os.path.join(d, "")) for d in dirs):
-        raise ManifestError(f"artifact glob {pattern!r} lies outside the working dir and the checkpoint dirs "
-                            f"({', '.join(dirs)})")
+        raise ManifestError(f"artifact glob {pattern!r} must stay inside the run's code/ dir or a checkpoint "
+                            f"dir ({', '.join(dirs)})")
     return pattern
 
 
