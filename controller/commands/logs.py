@@ -51,6 +51,7 @@ def cli(app, run, follow, lines, agent, raw) -> None:
         for chunk in iter(lambda: proc.stdout.read1(65536), b""):
             write(chunk)
             sys.stdout.flush()
+        write(b"", final=True)  # a sequence cut off at the very end is shown escaped, not lost
     except BrokenPipeError:  # `rgt logs -f | head`: the reader left, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
