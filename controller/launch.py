@@ -43,7 +43,7 @@ def apply_ckpt_options(spec: RunSpec, toml: Dict[str, Any], keep_last: Optional[
     """--ckpt-dir, --keep-last, --ckpt-glob and --artifacts checked into the spec (one-line errors, exit 2)."""
     d = spec.ckpt_dir
     parts = os.path.normpath(d).split(os.sep) if d else [""]
-    if not os.path.isabs(d) and (parts[0] in ("", ".", "..", "abs") or ".." in parts):
+    if os.path.normpath(d) == "/" or not os.path.isabs(d) and (parts[0] in ("", ".", "..", "abs") or ".." in parts):
         raise BadInput(f"--ckpt-dir {d!r}: give a dir inside the run dir (e.g. ckpt, out) or an absolute one "
                        "(e.g. /root/autodl-tmp/out); '.', '..' and abs/ are not allowed")
     if keep_last is not None or "keep_last" in toml:
