@@ -179,10 +179,11 @@ def up(registry: Registry, transport: Transport, req: UpRequest) -> RunRecord:
         raise RgtError(f"cannot create {run_dir} on {transport.name}: {res.err.decode(errors='replace').strip()[:300]}")
     transport.run(["chmod", "700", run_dir])
     ckpt = box_ckpt_dir(spec, run_dir)
-    made = transport.sh('mkdir -p -- "$1" && test -w "$1" && test -x "$1"', ckpt)
+    # The pull reads it with this login too: a dir it cannot list would hold checkpoints rgt never brings home.
+    made = transport.sh('mkdir -p -- "$1" && test -w "$1" && test -x "$1" && test -r "$1"', ckpt)
     if made.rc != 0:
         why = made.err.decode(errors="replace").strip().splitlines()
-        raise BadInput(f"--ckpt-dir {ckpt} cannot be created or written on {transport.name}"
+        raise BadInput(f"--ckpt-dir {ckpt} cannot be created, written or read on {transport.name}"
                        f"{': ' + why[-1][:200] if why else ' (no permission)'}; pick another dir")
     sync_code(transport, req.code_dir, run_dir)
     from .scriptcheck import check as check_script
