@@ -10,13 +10,14 @@ import pytest
 
 from rgt.agent.classify import Evidence, classify
 from rgt.shared.journal import read_journal
+from tests.conftest import scaled
 from tests.helpers import agent_argv, make_run_dir
 
 
 def _agent_run(tmp_path, pyz, run_id, command, code=None):
     run = make_run_dir(tmp_path, run_id, command, code=code or {}, tick_s=0.3, max_restarts=3, backoff_s=0.1,
                        start_grace_s=0)
-    p = subprocess.run([*agent_argv(pyz), "daemon", str(run)], capture_output=True, text=True, timeout=180)
+    p = subprocess.run([*agent_argv(pyz), "daemon", str(run)], capture_output=True, text=True, timeout=scaled(300))
     assert p.returncode == 0, p.stderr
     failed = json.loads((run / "FAILED").read_text())
     launches = [r for r in read_journal(str(run / "events.msgpack")).records if r.get("kind") == "launch"]

@@ -12,7 +12,7 @@ import sys
 import psutil
 
 from rgt.shared.journal import read_journal
-from tests.conftest import wait_until
+from tests.conftest import scaled, wait_until
 from tests.helpers import agent_argv, make_run_dir
 
 # A plain loop that saves a torch checkpoint every 10 steps (to SAVE_UNTIL) by rename and starts from RGT_RESUME_FROM.
@@ -71,7 +71,7 @@ def start_agent(pyz, run) -> subprocess.Popen:
 def test_stop_then_resume_gives_the_new_attempt_the_newest_verified_checkpoint(env):
     (env.project / "train.py").write_text(LOOP)
     env.rgt("up", "local", "--run", "sr", "--tick-s", "0.3", "--", sys.executable, "train.py", check=True,
-            extra_env={"STEPS": "400", "STEP_SLEEP_S": "0.05"})
+            extra_env={"STEPS": "4000", "STEP_SLEEP_S": "0.05"})
     run = env.run_dir("sr")
     wait_until(lambda: ((status(run).get("checkpoint") or {}).get("last_step") or 0) >= 20, 120,
                what="a verified checkpoint at step 20 or later")
@@ -98,14 +98,14 @@ def test_an_agent_killed_9_and_started_again_launches_from_the_checkpoint_on_dis
     wait_until(lambda: status(run).get("state") == "backoff", 120, what="attempt 1 crashed, in backoff")
     assert launch_record(run, 1)["resume_from"] is None, "the first launch had nothing to resume from"
     first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
+    first.wait(timeout=scaled(120))
 
     again = start_agent(pyz, run)
     resume, start = wait_until(lambda: attempt_line(run, 2), 120, what="attempt 2 launched by the new agent")
     assert resume and resume.endswith("step_000020.pt") and start == 20
     assert launch_record(run, 2)["resume_from"] == resume
     wait_until(lambda: (run / "DONE").exists(), 120, what="DONE")
-    again.wait(timeout=60)
+    again.wait(timeout=scaled(300))
 
 
 def _run_tree(run):
@@ -129,14 +129,14 @@ def _run_tree(run):
 def test_a_container_restart_drill_resumes_from_the_durable_copy_when_the_local_one_is_gone(tmp_path, pyz, tmpfs):
     durable = tmpfs("durable", "size=64m")
     run = make_run_dir(tmp_path, "drill", [sys.executable, "train.py"], code={"train.py": LOOP}, tick_s=0.3,
-                       settle_s=0.2, backoff_s=0.5, durable_dir=durable, env={"STEPS": "400"})
+                       settle_s=0.2, backoff_s=0.5, durable_dir=durable, env={"STEPS": "4000"})
     start_agent(pyz, run)
     wait_until(lambda: ((status(run).get("checkpoint") or {}).get("last_step") or 0) >= 20
                and status(run).get("state") == "running", 120, what="a verified checkpoint, durable copy made")
     procs = _run_tree(run)  # the container dies: agent, waiter, trainer, any verifier
     for p in procs:
         p.send_signal(signal.SIGKILL)
-    psutil.wait_procs(procs, timeout=10)
+    psutil.wait_procs(procs, timeout=scaled(120))
     index = json.loads((run / "ckpt_index.json").read_text())
     copied = [r for r in index["records"] if (r.get("durable") or {}).get("path")]
     assert copied, "the pipeline copied verified checkpoints to the durable dir"

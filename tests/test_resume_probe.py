@@ -11,18 +11,20 @@ from tests.conftest import wait_until
 
 
 def _running(env, run_id):
-    return wait_until(lambda: env.status(run_id).get("state") == "running" and env.status(run_id), 60,
+    return wait_until(lambda: env.status(run_id).get("state") == "running" and env.status(run_id), 120,
                       what=f"{run_id} running")
 
 
 def test_resume_right_after_kill_9_of_the_agent_starts_one_that_adopts_and_records_the_true_exit(env):
     # A 5 s tick: the dead agent's last heartbeat stays "fresh" (under 3 ticks) while we resume.
+    # The trainer holds after its steps until the test has seen the adoption: no race with its own end.
+    hold = env.tmp / "hold"
     env.rgt("up", "local", "--run", "adopt", "--tick-s", "5", "--max-restarts", "0", "--", "python3", "train.py",
-            check=True, extra_env={"STEPS": "60", "STEP_SLEEP_S": "0.25", "EXIT_CODE": "7"})
+            check=True, extra_env={"STEPS": "3", "EXIT_CODE": "7", "HOLD_FILE": str(hold)})
     st = _running(env, "adopt")
     rec = json.loads((env.run_dir("adopt") / "trainer.json").read_text())
     os.kill(st["agent_pid"], signal.SIGKILL)
-    wait_until(lambda: getattr(procs.proc_stat(st["agent_pid"]), "state", "Z") == "Z", 30, what="the agent gone")
+    wait_until(lambda: getattr(procs.proc_stat(st["agent_pid"]), "state", "Z") == "Z", 120, what="the agent gone")
 
     p = env.rgt("resume", "adopt")
     said = p.stdout + p.stderr
@@ -32,6 +34,7 @@ def test_resume_right_after_kill_9_of_the_agent_starts_one_that_adopts_and_recor
     assert "it adopted attempt 1" in said, said
     new = env.status("adopt")["agent_pid"]
     assert new != st["agent_pid"]
+    hold.write_text("")
 
     wait_until(lambda: env.marker("adopt"), 120, what="the adopted run's end")
     failed = json.loads((env.run_dir("adopt") / "FAILED").read_text())
@@ -41,7 +44,7 @@ def test_resume_right_after_kill_9_of_the_agent_starts_one_that_adopts_and_recor
 
 def test_resume_of_a_run_whose_agent_is_alive_says_so_and_starts_nothing(env):
     env.rgt("up", "local", "--run", "alive", "--tick-s", "0.5", "--", "python3", "train.py", check=True,
-            extra_env={"STEPS": "400"})
+            extra_env={"STEPS": "1", "HOLD_FILE": str(env.tmp / "never")})
     st = _running(env, "alive")
     p = env.rgt("resume", "alive")
     said = p.stdout + p.stderr
@@ -53,10 +56,10 @@ def test_resume_of_a_run_whose_agent_is_alive_says_so_and_starts_nothing(env):
 
 def test_a_second_up_of_a_live_run_says_at_once_that_it_is_alive(env):
     env.rgt("up", "local", "--run", "twice", "--tick-s", "0.5", "--", "python3", "train.py", check=True,
-            extra_env={"STEPS": "400"})
+            extra_env={"STEPS": "1", "HOLD_FILE": str(env.tmp / "never")})
     st = _running(env, "twice")
     p = env.rgt("up", "local", "--run", "twice", "--heartbeat-timeout-s", "600", "--", "python3", "train.py",
-                timeout=60)
+                timeout=120)
     assert p.returncode == 2, p.stdout + p.stderr
     assert "already exists" in p.stderr and "is alive" in p.stderr and str(st["agent_pid"]) in p.stderr, p.stderr
     env.rgt("stop", "twice", check=True)

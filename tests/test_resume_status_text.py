@@ -47,7 +47,7 @@ sys.exit(1)
 def test_plain_status_after_a_nan_names_the_resume_target_the_excluded_checkpoint_and_the_nan(env):
     (env.project / "train.py").write_text(NAN_LOOP)
     env.rgt("up", "local", "--run", "nanst", "--tick-s", "0.3", "--", sys.executable, "train.py", check=True,
-            extra_env={"HOLD_AFTER": "152", "HOLD_S": "120"})
+            extra_env={"HOLD_AFTER": "152", "HOLD_S": "600"})
     wait_until(lambda: env.marker("nanst"), 240, what="the NaN run's end")
     out = env.rgt("status", "nanst", check=True).stdout
     assert "last failure: nan: loss non-finite for 3 consecutive report(s) from step 150" in out, out
