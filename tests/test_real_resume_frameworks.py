@@ -105,5 +105,7 @@ def test_hf_trainer_killed_9_resumes_from_checkpoint_n_without_allow_pickle_and_
     index = json.loads((env.run_dir("hf1") / "ckpt_index.json").read_text())
     assert all(r["hash_only"] == ["training_args.bin"] and r["coverage"] == "partial" for r in index["records"])
     assert "training_args.bin" in env.status("hf1")["checkpoint"]["last_checks"]
+    plain = env.rgt("status", "hf1").stdout
+    assert "verified; hash only (metadata, never unpickled): training_args.bin" in plain, plain
     out = pull_and_down(env, "hf1")
     assert "loaded with weights_only" in out, out  # the summary says how the checkpoints were checked

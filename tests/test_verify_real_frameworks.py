@@ -166,3 +166,15 @@ def test_numpy_arrays_and_scalars_load_under_the_allowlist_but_numpy_callables_d
     torch.save({"w": torch.ones(2), "x": Loader()}, tmp_path / "npcall.pt")
     r = verify_path(str(tmp_path / "npcall.pt"))
     assert r["kind"] == "unverified_pickle" and "numpy" in r["detail"] and "load" in r["detail"]
+
+
+def test_finite_values_whose_sum_overflows_are_finite_and_inf_or_nan_anywhere_is_found(tmp_path):
+    big = torch.full((4096,), 60000.0, dtype=torch.float16)  # finite, but the float16 sum is inf
+    torch.save({"w": big}, tmp_path / "big.pt")
+    assert verify_path(str(tmp_path / "big.pt"))["kind"] == "verified"
+    for value, what in ((float("inf"), "inf"), (float("nan"), "NaN")):
+        w = torch.zeros(1000)
+        w[777] = value
+        torch.save({"model": {"w": w}, "best": torch.tensor(float("inf"))}, tmp_path / "bad.pt")
+        r = verify_path(str(tmp_path / "bad.pt"))
+        assert r["kind"] == "nonfinite" and r["detail"].endswith(f"model.w ({what})"), r
