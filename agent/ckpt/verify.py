@@ -1,6 +1,9 @@
 """Checkpoint verifier (nice'd subprocess, trainer's python, on the box): one JSON line per path.
 
-The checks themselves live in rgt.shared.ckptcheck, shared with the laptop's `rgt verify`.
+The checks themselves live in rgt.shared.ckptcheck, shared with the laptop's `rgt verify`. Each line has
+kind (verified, unverified_pickle, corrupt, nonfinite, unverifiable), detail, tensors, how, coverage ("full",
+or "partial" when hash_only names files covered by their hash and a structure check only). Nothing is
+ever unpickled here, whatever the run's allow_pickle.
 """
 
 from __future__ import annotations
