@@ -90,7 +90,7 @@ def test_kill_9_at_half_and_resume_from_the_pipeline_target_gives_bitwise_equal_
             names = {n for n in os.listdir(root / "ckpt") if not n.startswith(".")}
             return pipe.pending() == 0 and names and names <= {r["key"] for r in pipe.records()}
 
-        wait_until(checked, 120, 0.05, "the pipeline checked every checkpoint")
+        wait_until(checked, 300, 0.05, "the pipeline checked every checkpoint")  # one verifier per file, in turn
         target = pipe.resume_from()
     finally:
         pipe.close()

@@ -155,9 +155,10 @@ def test_logs_and_stop_over_ssh(rgt, sshbox, code_dir):
     assert all(s.startswith("step=") for s in seen) and seen[0] != seen[1]
     res = rgt("stop", "logs1")
     assert res.returncode == 0, res.stderr
+    # The stop waits a while for the marker; a busy box may take longer: wait for it, then read status.
+    wait_until(lambda: Path(sshbox.home, ".rgt", "runs", "logs1", "STOPPED").exists(), what="STOPPED")
     rc, data, _ = _status(rgt, "logs1")
     assert rc == 0 and data["state"] == "stopped"
-    assert Path(sshbox.home, ".rgt", "runs", "logs1", "STOPPED").exists()
 
 
 def test_watch_keeps_one_session_and_ends_with_the_run(rgt, sshbox, code_dir):
