@@ -140,6 +140,12 @@ class CheckpointPipeline:
         renamed, written = self._watcher.take()
         cands, unreadable = roots_mod.collect(self.roots, self.matcher, self._baseline, now,
                                               self._watcher.mode == "inotify", list(renamed) + list(written))
+        for r in self.roots:
+            if r.truncated and not r.warned:
+                r.warned = True
+                events.append(_ev("ckpt_watch_truncated", path=r.path, limit=roots_mod.SCAN_BUDGET,
+                                  message=f"{r.path} has more than {roots_mod.SCAN_BUDGET} entries: checkpoints "
+                                          "deep in it may be missed; pass --ckpt-dir for the folder they go to"))
         if self.roots[0] in unreadable:  # the checkpoint dir itself is unreadable right now
             return self._finish(events)
         records = self.book.snapshot()

@@ -42,6 +42,7 @@ class Root:
         self.cands: Optional[Candidates] = None
         self.entries = 0
         self.truncated = False
+        self.warned = False
         self.scanned_at = float("-inf")
         self.dirty = True
 
