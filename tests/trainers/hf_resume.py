@@ -2,7 +2,8 @@
 
 It resumes with ``trainer.train(resume_from_checkpoint=$RGT_RESUME_FROM)``.
 
-argv: STEPS EVERY SLEEP_S. Appends one JSON line per start and per end to ./attempts.jsonl.
+argv: STEPS EVERY SLEEP_S. Attempt 1 holds after its first save until ./release exists (a test kills it
+there). Appends one JSON line per start and per end to ./attempts.jsonl.
 """
 
 import json
@@ -38,7 +39,11 @@ class Record(TrainerCallback):
         note(event="start", global_step=state.global_step)
 
     def on_step_end(self, args, state, control, **kw):
-        time.sleep(SLEEP_S)
+        time.sleep(SLEEP_S)  # the Trainer saves checkpoint-N after this callback, so hold at N + 1
+        if os.environ.get("RGT_ATTEMPT") == "1" and state.global_step > EVERY:
+            print(f"holding at global_step={state.global_step}", flush=True)
+            while not os.path.exists("release"):
+                time.sleep(0.1)
 
     def on_train_end(self, args, state, control, **kw):
         note(event="end", global_step=state.global_step)

@@ -1,9 +1,12 @@
-"""A real Lightning run under rgt: the default ModelCheckpoint every N steps into $RGT_CKPT_DIR, then resumed.
+"""A real Lightning run under rgt: the default ModelCheckpoint every N steps, then resumed after a kill.
 
 It resumes from $RGT_RESUME_FROM with Lightning's own ``trainer.fit(..., ckpt_path=...)``.
 
-argv: STEPS EVERY SLEEP_S. Appends one JSON line per start and per end to ./attempts.jsonl (global step,
-attempt, resume path), so a test reads what Lightning itself resumed to.
+argv: STEPS EVERY SLEEP_S. The checkpoints go where Lightning puts them by default (./checkpoints/ under
+the working dir, as there is no logger), where the agent looks for new checkpoint files too. Attempt 1
+holds after its first save until ./release exists (a test kills it there: mid-run, whatever the machine's
+speed). Appends one JSON line per start and per end to ./attempts.jsonl (global step, attempt, resume
+path), so a test reads what Lightning itself resumed to.
 """
 
 import json
@@ -31,6 +34,10 @@ class Tiny(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         time.sleep(SLEEP_S)
+        if os.environ.get("RGT_ATTEMPT") == "1" and self.global_step >= EVERY:
+            print(f"holding at global_step={self.global_step}", flush=True)
+            while not os.path.exists("release"):
+                time.sleep(0.1)
         x, y = batch
         loss = torch.nn.functional.mse_loss(self.layer(x), y)
         self.log("train_loss", loss)
@@ -52,7 +59,7 @@ class Record(pl.Callback):
 def main():
     torch.manual_seed(0)
     data = DataLoader(TensorDataset(torch.randn(4000, 8), torch.randn(4000, 1)), batch_size=4)
-    ckpt = pl.callbacks.ModelCheckpoint(dirpath=os.environ["RGT_CKPT_DIR"], every_n_train_steps=EVERY)
+    ckpt = pl.callbacks.ModelCheckpoint(every_n_train_steps=EVERY)
     trainer = pl.Trainer(max_steps=STEPS, callbacks=[ckpt, Record()], accelerator="cpu", logger=False,
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(Tiny(), data, ckpt_path=os.environ.get("RGT_RESUME_FROM"))
