@@ -73,7 +73,7 @@ def test_each_attempt_has_its_own_banner_progress_and_crash_evidence(env):
     env.rgt("up", "local", "--run", "bar", "--tick-s", "0.3", "--max-restarts", "1", "--", sys.executable,
             "train.py", check=True, extra_env={"GO_FILE": str(go)})
     log = env.run_dir("bar") / "logs" / "trainer.log"
-    wait_until(lambda: "=== rgt attempt 2 ===" in log.read_text(), 120, what="attempt 2's banner")
+    wait_until(lambda: log.exists() and "=== rgt attempt 2 ===" in log.read_text(), 120, what="attempt 2's banner")
     assert "4.00it/s]\n=== rgt attempt 2 ===\n" in log.read_text(), "the banner is on its own line"
     st = wait_until(lambda: env.status("bar").get("trainer", {}).get("attempt") == 2
                     and env.status("bar").get("state") == "running" and env.status("bar"), 120, what="attempt 2")
