@@ -7,7 +7,8 @@ import sys
 from rgt.agent import procs
 from tests.conftest import scaled, wait_until
 
-HOLDER = "import sys, time\nf = open(sys.argv[1])\nprint('step=1 loss=1', flush=True)\ntime.sleep(120)\n"
+# Holds the device until the test kills it (reap, stop or the fixture), however slow the machine.
+HOLDER = "import sys, time\nf = open(sys.argv[1])\nprint('step=1 loss=1', flush=True)\ntime.sleep(1200)\n"
 
 
 def test_reap_lists_only_strangers_holding_the_device_and_kills_only_with_the_run_id(env):

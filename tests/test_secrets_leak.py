@@ -97,7 +97,7 @@ def _leak_drill(rgt: Callable[..., object], host: str, run_dir_of: Callable[[str
         assert typed.returncode == 2 and tok1 not in typed.stdout + typed.stderr, typed.stderr
     canary = "rgt-canary-" + secrets.token_hex(8)  # proves the scanner sees what it looks for
     scanner = ArgvScanner(needles + [canary.encode()])
-    probe = subprocess.Popen(["sh", "-c", "sleep 30", canary])
+    probe = subprocess.Popen(["sh", "-c", "sleep 600", canary])  # killed as soon as it is seen
 
     def canary_seen():
         scanner.scan()

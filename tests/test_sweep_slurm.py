@@ -37,7 +37,7 @@ def test_a_sweep_on_slurm_runs_one_job_per_cell_and_pulls_them_all(slurm, torch_
         cells = json.loads(out.stdout)["cells"]
         return all(c["view"] == "succeeded" for c in cells) and cells
 
-    cells = wait_until(done, 180, 0.5, "both cells' jobs to finish the run")
+    cells = wait_until(done, 600, 0.5, "both cells' jobs to finish the run")  # checkpoints verified first
     assert [c["host"] for c in cells] == [slurm.login.alias] * 2
     pulled = rgt("pull", "--sweep", "js", "--dest", str(tmp_path / "pulls"), cwd=str(code))
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
