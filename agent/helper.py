@@ -60,6 +60,7 @@ class Helper:
         self._pending: Optional[Dict[str, Any]] = None
         self._last_report: Optional[Dict[str, Any]] = None
         self._nan_streak, self._nan_first_step = 0, None  # consecutive report() calls with a non-finite loss
+        self._nan_last: Optional[float] = None  # the last float loss: passed again, it is a re-report
         self.saves: List[Dict[str, Any]] = []
         self._preempted = False
         self._save_requested = False
@@ -153,10 +154,13 @@ class Helper:
         """Publish progress to $RGT_STATUS_DIR/progress.json (at most every 0.5 s unless the phase moves)."""
         self._pending = {"step": step, "loss": loss, "phase": phase, "total_steps": total_steps,
                          "metrics": metrics, "updated_at": time.time()}
-        if loss is not None:  # counted here, not at the (throttled) write: the agent's NaN policy reads it
+        # Counted here, not at the (throttled) write: the agent's NaN policy reads it. The same float object
+        # again (an integration re-sending the last logged loss at each step) is not a new measurement.
+        if loss is not None and not (isinstance(loss, float) and loss is self._nan_last):
             bad = nonfinite(loss)
             self._nan_first_step = (step if not self._nan_streak else self._nan_first_step) if bad else None
             self._nan_streak = self._nan_streak + 1 if bad else 0
+        self._nan_last = loss if isinstance(loss, float) else None  # never a tensor: it would keep its graph
         now = self._clock()
         if self._report_t is None or phase != self._report_phase or now - self._report_t >= REPORT_MIN_INTERVAL_S:
             self.flush_report()

@@ -129,3 +129,18 @@ def test_nan_after_comes_from_the_flag_over_rgt_toml_over_the_default(env):
     assert dry("--nan-after", "2") == 2
     bad = env.rgt("up", "local", "--dry-run", "--nan-after", "0", "--", "python3", "train.py")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_the_helper_counts_each_new_loss_once_and_a_re_sent_one_not_again(tmp_path):
+    from rgt.agent.helper import Helper
+
+    h = Helper(env={"RGT_STATUS_DIR": str(tmp_path)}, clock=iter(range(0, 10**6, 10)).__next__)
+    logged = float("nan")  # HF's callback re-sends the last logged loss at every step
+    for step in (10, 11, 12):
+        h.report(step, loss=logged)
+    assert h._nan_streak == 1
+    h.report(20, loss=float("nan"))
+    doc = json.loads((tmp_path / "progress.json").read_text())
+    assert (doc["nonfinite_streak"], doc["nonfinite_first_step"], doc["nonfinite"]) == (2, 10, ["loss"])
+    h.report(21, loss=0.5)
+    assert json.loads((tmp_path / "progress.json").read_text())["nonfinite_streak"] == 0
