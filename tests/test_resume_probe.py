@@ -9,6 +9,8 @@ import signal
 from rgt.agent import procs
 from tests.conftest import wait_until
 
+pytest_plugins = ["tests.conftest_ssh"]
+
 
 def _running(env, run_id):
     return wait_until(lambda: env.status(run_id).get("state") == "running" and env.status(run_id), 120,
@@ -63,3 +65,24 @@ def test_a_second_up_of_a_live_run_says_at_once_that_it_is_alive(env):
     assert p.returncode == 2, p.stdout + p.stderr
     assert "already exists" in p.stderr and "is alive" in p.stderr and str(st["agent_pid"]) in p.stderr, p.stderr
     env.rgt("stop", "twice", check=True)
+
+
+def test_resume_over_a_real_sshd_probes_the_box_and_restarts_a_stopped_run(sshbox, rgt, tmp_path):
+    from tests.test_ssh_real import TRAINER
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text(TRAINER)
+    up = rgt("up", sshbox.alias, "--run", "sshres", "--tick-s", "0.5", "--code", str(code), "--", "python",
+             "train.py")
+    assert up.returncode == 0, up.stderr
+    alive = rgt("resume", "sshres")
+    assert alive.returncode == 0 and "holds agent.lock and is alive" in alive.stdout + alive.stderr, alive.stderr
+    assert rgt("stop", "sshres").returncode == 0
+    wait_until(lambda: json.loads(rgt("status", "--json", "sshres").stdout or "{}").get("state") == "stopped", 120,
+               what="stopped")
+    again = rgt("resume", "sshres")
+    said = again.stdout + again.stderr
+    assert again.returncode == 0 and "no agent holds the run" in said and "the run had ended STOPPED" in said, said
+    assert "started agent pid" in said
+    rgt("stop", "sshres")
