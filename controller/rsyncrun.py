@@ -1,9 +1,10 @@
 """Running rsync for a pull on the laptop: progress (bytes, rate, ETA) from --info=progress2, and --stats.
 
 rsync never outlives rgt: it runs in its own process group, which is killed when the call ends by any
-path (an exception, Ctrl-C, SIGTERM or SIGHUP turned into one), and on Linux it also gets SIGKILL from the
-kernel the moment rgt itself dies (PR_SET_PDEATHSIG), even by kill -9. Its ssh and local helper children
-then lose their pipes and exit.
+path (an exception, Ctrl-C, SIGTERM or SIGHUP turned into one). On Linux the kernel also signals the
+moment rgt itself dies, even by kill -9 (PR_SET_PDEATHSIG, kept across exec): rsync gets SIGKILL, and a
+small watcher sh gets SIGTERM and kills rsync's whole group, so the receiver rsync forks and its ssh go
+too (a stalled box would otherwise leave them blocked on the network forever).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -93,15 +95,44 @@ def _prctl():
         return None
 
 
-def _die_with_parent_fn():
+# Sleeps until rgt dies (SIGTERM from the kernel), then kills rsync's process group "$1", then its own
+# (dash's kill takes no "--").
+WATCHER = 'trap "kill -KILL -$1; kill -KILL 0" TERM HUP; while :; do sleep 3600 & wait $!; done'
+
+
+def _die_with_parent_fn(sig: int = signal.SIGKILL):
     prctl = _prctl()
     if prctl is None:
         return None
 
     def child() -> None:  # runs between fork and exec: one system call, nothing else
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
     return child
+
+
+def _spawn(argv: list[str], **kw) -> tuple:
+    """(rsync, watcher or None): rsync a direct child in its own group, dying with rgt."""
+    if shutil.which(argv[0]) is None:
+        raise RgtError("rsync is not installed on this machine: install it (apt-get install rsync)")
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=_die_with_parent_fn(), **kw)
+    watch = _die_with_parent_fn(signal.SIGTERM)
+    watcher = None
+    if watch is not None:
+        watcher = subprocess.Popen(["sh", "-c", WATCHER, "sh", str(proc.pid)], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                   preexec_fn=watch)
+    return proc, watcher
+
+
+def _reap(proc: subprocess.Popen, watcher: Optional[subprocess.Popen]) -> None:
+    """Kill what is left of rsync's group, then the watcher (by SIGKILL: its trap must not run late)."""
+    _kill_group(proc)
+    proc.wait()
+    if watcher is not None:
+        _kill_group(watcher)  # the watcher and its sleep
+        watcher.wait()
 
 
 def _raise_interrupt(signum, _frame):
@@ -126,12 +157,11 @@ def run_rsync(argv: list[str], progress: Optional[Progress]) -> RsyncRun:
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 old[sig] = signal.signal(sig, _raise_interrupt)
         try:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errf, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, preexec_fn=_die_with_parent_fn())
-        except FileNotFoundError:
+            proc, watcher = _spawn(argv, stdout=subprocess.PIPE, stderr=errf)
+        except RgtError:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
-            raise RgtError("rsync is not installed on this machine: install it (apt-get install rsync)") from None
+            raise
         out, buf = b"", b""
         try:
             while True:
@@ -153,8 +183,7 @@ def run_rsync(argv: list[str], progress: Optional[Progress]) -> RsyncRun:
                     proc.wait(5)
                 except subprocess.TimeoutExpired:
                     pass
-            _kill_group(proc)  # rsync's own children (ssh, a local receiver) too
-            proc.wait()
+            _reap(proc, watcher)  # rsync's own children (ssh, a local receiver) too
             proc.stdout.close()
             for sig, handler in old.items():
                 signal.signal(sig, handler)
@@ -163,6 +192,16 @@ def run_rsync(argv: list[str], progress: Optional[Progress]) -> RsyncRun:
     stats = {k.decode(): int(v.replace(b",", b"")) for k, v in STAT_RE.findall(out)}
     data = max(stats.values()) if stats else None  # a pull's payload is the larger direction
     return RsyncRun(rc, data, err[-2000:])
+
+
+def run_plain(argv: list[str], timeout_s: Optional[float] = None) -> subprocess.CompletedProcess:
+    """Run a short rsync (the agent archive, code) with the same guarantee: it never outlives rgt."""
+    proc, watcher = _spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    finally:
+        _reap(proc, watcher)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def last_line(err: str) -> str:

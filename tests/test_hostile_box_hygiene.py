@@ -80,24 +80,36 @@ def _alive(p: psutil.Process) -> bool:
         return False
 
 
+def _box_rsyncs(sshbox) -> list:
+    return [q for q in sshbox.box_processes() if q.name() == "rsync"]
+
+
+def _tree_bytes(dest: Path) -> int:
+    return sum(x.stat().st_size for x in dest.rglob("*") if x.is_file()) if dest.exists() else 0
+
+
 def test_kill_9_of_rgt_pull_leaves_no_rsync_behind(sshbox, rgt, tmp_path):
     blob = os.urandom(8 << 20)
     box = HostileBox(sshbox, rgt.state, "kill9", artifacts={f"out/part{i}.bin": bytes([i]) + blob for i in range(4)})
     env = dict(sshbox.env(rgt.state), RGT_RSYNC_BWLIMIT="512")  # KiB/s: a minute of transfer at least
+    dest = tmp_path / "rgt-pulls" / box.run_id
     p = subprocess.Popen([RGT, "pull", box.run_id], env=env, cwd=str(tmp_path), stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE)
     try:
-        procs = wait_until(lambda: _rsyncs_of(p.pid), timeout_s=120, what="rsync to start under rgt pull")
-        procs = _rsyncs_of(p.pid) or procs
-        dest = tmp_path / "rgt-pulls" / box.run_id
-        wait_until(lambda: any(dest.rglob(".part*")) or any(dest.rglob(".rgt-partial")) or any(
-            x.is_file() for x in dest.rglob("*") if x.name != "manifest.json"), timeout_s=60,
-            what="bytes arriving in the pull folder")
-        # The box stalls its side (as a stranger's box may): the laptop's rsync now waits on the network,
+        # The box stalls its side (as a stranger's box may): the laptop's rsync then waits on the network,
         # writes nothing, and so would never notice a dead parent through a broken pipe.
-        for q in sshbox.box_processes():
-            if q.name() == "rsync":
-                q.send_signal(signal.SIGSTOP)
+        procs = wait_until(lambda: [x for x in _rsyncs_of(p.pid) if any("--files-from" in a for a in x.cmdline())],
+                           timeout_s=120, interval_s=0.01, what="the pull's rsync under rgt pull")
+        for q in wait_until(lambda: _box_rsyncs(sshbox), timeout_s=60, interval_s=0.01, what="the box's rsync"):
+            q.send_signal(signal.SIGSTOP)
+        seen: list = []
+
+        def settled() -> bool:  # what was in flight when the box stalled has landed
+            seen.append(_tree_bytes(dest))
+            return len(seen) >= 4 and len(set(seen[-4:])) == 1
+
+        wait_until(settled, timeout_s=60, interval_s=0.25, what="the stalled transfer to settle")
+        procs = _rsyncs_of(p.pid) or procs
         os.kill(p.pid, signal.SIGKILL)
         p.wait(30)
         wait_until(lambda: not any(_alive(x) for x in procs), timeout_s=2.0, interval_s=0.02,

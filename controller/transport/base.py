@@ -152,9 +152,7 @@ class Transport:
         return run_guarded(self, self.root, python, list(args), timeout_s=timeout_s)
 
     def rsync(self, args: Sequence[str], timeout_s: Optional[float] = None) -> subprocess.CompletedProcess:
-        """Run the local rsync binary with this transport's remote shell."""
-        try:
-            return subprocess.run(["rsync", *self.rsync_args(), *args], capture_output=True,
-                                  timeout=timeout_s, check=False)
-        except FileNotFoundError:
-            raise RgtError("rsync is not installed on this machine: install it (apt-get install rsync)") from None
+        """Run the local rsync binary with this transport's remote shell; it dies with rgt (see rsyncrun)."""
+        from rgt.controller.rsyncrun import run_plain
+
+        return run_plain(["rsync", *self.rsync_args(), *args], timeout_s=timeout_s)
