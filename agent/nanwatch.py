@@ -100,9 +100,16 @@ class NanWatch:
                 f"({source}; nan_after {self.after}): {text}")
 
     def first_step(self) -> Optional[int]:
-        """The step of the first non-finite report of the current streak (any source)."""
-        steps = [s for s, _, _ in self.first.values() if s is not None]
-        return min(steps) if steps else None
+        """The step of the first non-finite report of the current streak.
+
+        The helper's when it has one: the trainer's own global step. A step read from the log can lag
+        (a bar's count printed beside the logged dict), and would exclude good checkpoints.
+        """
+        for source in ("helper", "log"):
+            step = self.first.get(source, (None, 0.0, ""))[0]
+            if step is not None:
+                return step
+        return None
 
     def first_at(self) -> Optional[float]:
         """Wall time the agent first saw the current streak."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 from rgt.agent.nanwatch import NanWatch, WatchedLog
 from rgt.shared.journal import read_journal
-from tests.conftest import scaled
+from tests.conftest import scaled, wait_until
 from tests.helpers import agent_argv, make_run_dir
 
 # A plain loop: loss NaN from step NAN_FROM on, weights stay finite (so only the policy can tell), a
@@ -144,3 +145,18 @@ def test_the_helper_counts_each_new_loss_once_and_a_re_sent_one_not_again(tmp_pa
     assert (doc["nonfinite_streak"], doc["nonfinite_first_step"], doc["nonfinite"]) == (2, 10, ["loss"])
     h.report(21, loss=0.5)
     assert json.loads((tmp_path / "progress.json").read_text())["nonfinite_streak"] == 0
+
+
+def test_a_real_hf_trainer_whose_loss_turns_nan_fails_as_nan_and_resumes_from_the_last_finite_checkpoint(
+        env, trainer_python):
+    from tests.conftest import REPO
+
+    with open(os.path.join(REPO, "tests", "trainers", "hf_nan.py")) as f:
+        (env.project / "train.py").write_text(f.read())
+    env.rgt("up", "local", "--run", "hfnan", "--tick-s", "0.5", "--trainer-python", trainer_python, "--",
+            trainer_python, "train.py", "13", "5", check=True)
+    wait_until(lambda: env.marker("hfnan"), 600, what="the HF run's end")
+    failed = json.loads((env.run_dir("hfnan") / "FAILED").read_text())
+    assert failed["failure"]["class"] == "nan" and "from step 13" in failed["failure"]["evidence"], failed
+    assert failed["restarts"] == 0
+    assert failed["resume_from"] and failed["resume_from"].endswith("checkpoint-10"), failed["resume_from"]
