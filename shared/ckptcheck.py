@@ -9,6 +9,7 @@ Never "verified" when torch is missing. Stdlib only; torch is imported when call
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -17,7 +18,7 @@ import struct
 import sys
 import warnings
 import zipfile
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .picklesafe import metadata_globals, numpy_safe_globals
 
@@ -133,15 +134,22 @@ def _weights_only_load(path: str, torch: Any, is_zip: bool, allow: List[Any]) ->
     kwargs: Dict[str, Any] = {"map_location": "cpu", "weights_only": True}
     if is_zip:
         kwargs["mmap"] = True
-    ctx = getattr(torch.serialization, "safe_globals", None) if allow else None
-    try:
-        if ctx is not None:
-            with ctx(allow):
-                return torch.load(path, **kwargs)
-        return torch.load(path, **kwargs)
-    except TypeError:  # torch < 2.1: no mmap argument
-        kwargs.pop("mmap", None)
-        return torch.load(path, **kwargs)
+    ctx = getattr(torch.serialization, "safe_globals", None) if allow else None  # torch >= 2.5
+    if allow and ctx is None and hasattr(torch.serialization, "add_safe_globals"):
+        torch.serialization.add_safe_globals(allow)  # torch 2.4: process-wide, in a verifier of its own
+    if ctx is None:
+        ctx = _no_context
+    with ctx(allow):
+        try:
+            return torch.load(path, **kwargs)
+        except TypeError:  # torch < 2.1: no mmap argument
+            kwargs.pop("mmap", None)
+            return torch.load(path, **kwargs)
+
+
+@contextlib.contextmanager
+def _no_context(_allow: List[Any]) -> Iterator[None]:
+    yield
 
 
 def verify_torch_file(path: str, torch: Any) -> Dict[str, Any]:
